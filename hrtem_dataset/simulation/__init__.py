@@ -1,0 +1,1 @@
+"""Multislice exit waves (engines: torch, abtem, prismatic)."""

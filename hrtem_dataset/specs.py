@@ -1,0 +1,402 @@
+"""Pydantic specs: one :class:`DatasetSpec` (YAML in ``configs/``) travels end to end.
+
+Units (see DESIGN.md): lengths in Å, beam energy in eV, angles in mrad, dose in e/Å², surface energies
+in arbitrary consistent units. Unknown keys are rejected (``extra="forbid"``) and unphysical values raise
+with a message that names the field; :func:`load_spec` turns both into :class:`~hrtem_dataset.errors.InputError`.
+
+Sections (each owned by one stage):
+- structures: :class:`SceneSpec` (one concrete scene) and :class:`StructureDistributionSpec`
+- simulation: :class:`SimulationSpec`
+- imaging: :class:`ImagingDistributionSpec` (ranges; each image records its concrete values)
+- labels: :class:`LabelSpec`
+- dataset: :class:`SplitSpec`, :class:`DatasetSpec`
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InputError, format_validation_error
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic parameter distributions
+# --------------------------------------------------------------------------------------------------
+
+
+class Uniform(Strict):
+    """Uniform draw in [min, max] (log-uniform when ``log: true``, both bounds must then be > 0)."""
+
+    min: float
+    max: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Uniform:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        if self.log and self.min <= 0:
+            raise ValueError("log-uniform needs min > 0")
+        return self
+
+    def sample(self, rng) -> float:
+        if self.log:
+            return float(math.exp(rng.uniform(math.log(self.min), math.log(self.max))))
+        return float(rng.uniform(self.min, self.max))
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (self.min, self.max)
+
+
+class Choice(Strict):
+    """Draw one of ``values`` (with optional ``weights``, normalised)."""
+
+    values: list[Any] = Field(min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Choice:
+        if self.weights is not None:
+            if len(self.weights) != len(self.values):
+                raise ValueError("weights must have the same length as values")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be >= 0 and not all zero")
+        return self
+
+    def sample(self, rng) -> Any:
+        p = None
+        if self.weights is not None:
+            total = float(sum(self.weights))
+            p = [w / total for w in self.weights]
+        return self.values[int(rng.choice(len(self.values), p=p))]
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        nums = [v for v in self.values if isinstance(v, int | float)]
+        return (min(nums), max(nums)) if nums else (math.nan, math.nan)
+
+
+Param = float | Uniform | Choice
+"""A scalar parameter: a fixed number, ``{min, max[, log]}`` or ``{values: [...][, weights]}``."""
+
+
+def sample_param(p: Param, rng) -> Any:
+    """Concrete value of a :data:`Param` (fixed numbers are returned as they are)."""
+    if isinstance(p, Uniform | Choice):
+        return p.sample(rng)
+    return p
+
+
+def param_bounds(p: Param) -> tuple[float, float]:
+    if isinstance(p, Uniform | Choice):
+        return p.bounds
+    return (float(p), float(p))
+
+
+class IntRange(Strict):
+    """Uniform integer draw in [min, max] (inclusive)."""
+
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def sample(self, rng) -> int:
+        return int(rng.integers(self.min, self.max + 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Structures
+# --------------------------------------------------------------------------------------------------
+
+Shape = Literal["sphere", "wulff", "decahedron", "icosahedron"]
+_ZONE_RE = re.compile(r"^\[\s*-?\d+\s*,?\s*-?\d+\s*,?\s*-?\d+\s*\]$")
+
+
+def _check_orientation(v: str) -> str:
+    v = v.strip()
+    if v == "random" or _ZONE_RE.match(v):
+        return v
+    raise ValueError(f"orientation must be 'random' or a zone axis like '[110]', got {v!r}")
+
+
+class CellSpec(Strict):
+    x: float = Field(gt=0, le=2000, description="cell size along x, Å")
+    y: float = Field(gt=0, le=2000, description="cell size along y, Å")
+
+
+class SubstrateSpec(Strict):
+    kind: Literal["amorphous_carbon"] = "amorphous_carbon"
+    thickness: float = Field(gt=0, le=1000, description="Å")
+    density: float = Field(2.0, gt=0.1, le=4.0, description="g/cm³ (a-C is 1.8–2.3)")
+    min_distance: float = Field(1.4, gt=0.5, le=3.0, description="minimum C–C distance, Å")
+
+
+class ParticleSpec(Strict):
+    material: str = Field(min_length=1, description="element symbol (default structure) or path to a CIF")
+    shape: Shape = "sphere"
+    radius: float = Field(gt=2.0, le=500.0, description="Å")
+    twins: int = Field(0, ge=0, le=20)
+    stacking_faults: int = Field(0, ge=0, le=20)
+    orientation: str = "random"
+    tilt_mrad: float = Field(0.0, ge=0, le=1000, description="random tilt away from the zone axis, mrad")
+    position: Literal["center", "random"] | tuple[float, float] = "center"
+    surface_energies: dict[str, float] | None = Field(
+        None, description="Wulff only: facet family (e.g. '111') -> surface energy")
+
+    @field_validator("orientation")
+    @classmethod
+    def _orient(cls, v: str) -> str:
+        return _check_orientation(v)
+
+
+class SceneSpec(Strict):
+    """One concrete scene (CONTRACT.md), accepted by ``hrtem structures build``."""
+
+    cell: CellSpec
+    substrate: SubstrateSpec | None = None
+    particles: list[ParticleSpec] = Field(default_factory=list)
+    vacuum: float = Field(10.0, ge=0, le=500, description="vacuum padding above and below, Å")
+    min_separation: float = Field(10.0, ge=0, le=500, description="minimum surface-to-surface gap, Å")
+
+
+class ParticleDistributionSpec(Strict):
+    materials: Choice = Field(default_factory=lambda: Choice(values=["Au"]))
+    shapes: Choice = Field(default_factory=lambda: Choice(values=["sphere"]))
+    radius: Param = Field(default_factory=lambda: Uniform(min=10.0, max=35.0))
+    twins: IntRange = Field(default_factory=lambda: IntRange(min=0, max=0))
+    stacking_faults: IntRange = Field(default_factory=lambda: IntRange(min=0, max=0))
+    max_defects: int | None = Field(None, ge=0, description="cap on twins + stacking faults per particle")
+    orientation: Choice = Field(default_factory=lambda: Choice(values=["random"]))
+    tilt_mrad: Param = 0.0
+
+    @field_validator("shapes")
+    @classmethod
+    def _shapes(cls, v: Choice) -> Choice:
+        for s in v.values:
+            if s not in ("sphere", "wulff", "decahedron", "icosahedron"):
+                raise ValueError(f"unknown shape {s!r}")
+        return v
+
+    @field_validator("orientation")
+    @classmethod
+    def _orients(cls, v: Choice) -> Choice:
+        for s in v.values:
+            _check_orientation(str(s))
+        return v
+
+
+class StructureDistributionSpec(Strict):
+    """Ranges or choices for every scene field; ``sample`` draws concrete :class:`SceneSpec` s."""
+
+    cell: CellSpec = Field(default_factory=lambda: CellSpec(x=128.0, y=128.0))
+    substrate_thickness: Param | None = Field(default_factory=lambda: Uniform(min=20.0, max=80.0))
+    substrate_density: Param = 2.0
+    n_particles: IntRange = Field(default_factory=lambda: IntRange(min=1, max=5))
+    particles: ParticleDistributionSpec = Field(default_factory=ParticleDistributionSpec)
+    min_separation: float = Field(10.0, ge=0, description="Å")
+    vacuum: float = Field(10.0, ge=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Simulation
+# --------------------------------------------------------------------------------------------------
+
+
+class SimulationSpec(Strict):
+    engine: Literal["torch", "abtem", "prismatic"] = "torch"
+    energy: float = Field(300e3, ge=10e3, le=3e6, description="beam energy, eV")
+    sampling: float = Field(0.1, gt=0.005, le=1.0, description="real-space sampling, Å")
+    slice_thickness: float = Field(2.0, gt=0.1, le=50.0, description="Å")
+    parametrization: Literal["lobato", "kirkland"] = "lobato"
+    phonons: int = Field(1, ge=0, le=256, description="frozen-phonon configurations (0 = static lattice)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# --------------------------------------------------------------------------------------------------
+# Imaging
+# --------------------------------------------------------------------------------------------------
+
+
+class SeriesSpec(Strict):
+    """Image every structure at each of ``values`` of one imaging parameter (e.g. a defocus series)."""
+
+    param: Literal["defocus", "dose", "Cs", "focal_spread", "angular_spread"]
+    values: list[float] = Field(min_length=1)
+
+
+class ImagingDistributionSpec(Strict):
+    """Imaging conditions; each image records its concrete values. Defocus is relative to the
+    structure's calibrated zero defocus (minimum contrast of the particles in vacuum), defocus = -C10."""
+
+    pixel_size: float = Field(0.2, gt=0.01, le=5.0, description="output pixel size, Å")
+    defocus: Param = 0.0
+    Cs: Param = Field(0.0, description="spherical aberration C30, Å")
+    aberrations: dict[str, Param] = Field(
+        default_factory=dict, description="extra Krivanek coefficients: C12, phi12, C21, phi21, C23, ... (Å, rad)")
+    semiangle_cutoff: float | None = Field(None, gt=0, description="objective aperture, mrad")
+    focal_spread: Param = Field(0.0, description="Å (1/e half-width of the defocus distribution)")
+    angular_spread: Param = Field(0.0, description="beam convergence semi-angle, mrad")
+    dose: Param | None = Field(None, description="e/Å²; None = noise-free")
+    mtf: dict[str, float] = Field(default_factory=dict, description="detector MTF parameters (see imaging)")
+    read_noise: float = Field(0.0, ge=0, description="Gaussian read noise, counts")
+    images_per_structure: int = Field(1, ge=1, le=1000)
+    series: SeriesSpec | None = None
+    calibrate_zero_defocus: bool = True
+
+    @field_validator("aberrations")
+    @classmethod
+    def _aberration_names(cls, v: dict) -> dict:
+        ok = re.compile(r"^(C|phi)(10|12|21|23|30|32|34|41|43|45|50|52|54|56)$")
+        for k in v:
+            if not ok.match(k):
+                raise ValueError(f"unknown aberration coefficient {k!r} (Krivanek C_nm / phi_nm)")
+        return v
+
+
+# --------------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------------
+
+
+class LabelSpec(Strict):
+    threshold: float = Field(math.pi / 16, gt=0, lt=math.pi, description="phase threshold, rad")
+    blur: float = Field(1.0, ge=0, le=20, description="Gaussian blur sigma, Å")
+    instances: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------
+
+
+class SplitSpec(Strict):
+    """Numbers of *structures* per split (a structure never appears in two splits)."""
+
+    train: int = Field(8, ge=0)
+    validation: int = Field(2, ge=0)
+    test: int = Field(2, ge=0)
+
+    @property
+    def total(self) -> int:
+        return self.train + self.validation + self.test
+
+
+class ModelTrainingSpec(Strict):
+    encoder: str = "tu-resnet18"
+    epochs: int = Field(5, ge=1)
+    steps: int | None = Field(None, ge=1, description="total optimiser steps; overrides epochs")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    image_size: int | None = Field(None, ge=16, description="random crop size for training")
+    min_f1: float = Field(0.0, ge=0, le=1, description="asset check floor on validation F1")
+
+
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+
+
+class DatasetSpec(Strict):
+    """The whole dataset configuration (one YAML file in ``configs/``)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="dataset repo name, e.g. hrtem-au-carbon")
+    config_name: str = Field("default", pattern=r"^[a-z0-9][a-z0-9._-]*$", description="HF configuration name")
+    kind: Literal["images", "exit_waves"] = "images"
+    version: str = "0.1.0"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    structures: StructureDistributionSpec = Field(default_factory=StructureDistributionSpec)
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    imaging: ImagingDistributionSpec = Field(default_factory=ImagingDistributionSpec)
+    labels: LabelSpec = Field(default_factory=LabelSpec)
+    splits: SplitSpec = Field(default_factory=SplitSpec)
+    shard_size: int = Field(4, ge=1, description="structures per shard (= Dagster partition)")
+    model: ModelTrainingSpec | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not _SEMVER.match(v):
+            raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {v!r}")
+        return v
+
+    @property
+    def n_structures(self) -> int:
+        return self.splits.total
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, math.ceil(self.n_structures / self.shard_size))
+
+    def shard_indices(self, shard: int) -> range:
+        """Global structure indices in shard ``shard``."""
+        if not 0 <= shard < self.n_shards:
+            raise InputError(f"shard {shard} out of range 0..{self.n_shards - 1}")
+        return range(shard * self.shard_size, min(self.n_structures, (shard + 1) * self.shard_size))
+
+    def split_of(self, index: int) -> str:
+        """Split of global structure ``index`` (deterministic, by structure)."""
+        if index < self.splits.train:
+            return "train"
+        if index < self.splits.train + self.splits.validation:
+            return "validation"
+        return "test"
+
+    def hash(self) -> str:
+        from .seeding import spec_hash
+
+        return spec_hash(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; missing or malformed files raise :class:`InputError` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(f"{p}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read file: {exc}") from None
+
+
+def validate_spec(data: Any, cls: type[M], source: str | None = None) -> M:
+    """Validate plain data into ``cls``; errors become one-line :class:`InputError` s naming the field."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source or cls.__name__}: expected a mapping at the top level")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source)) from None
+
+
+def load_spec(path: str | Path, cls: type[M]) -> M:
+    """Load and validate a YAML spec file into ``cls``."""
+    return validate_spec(read_yaml(path), cls, str(path))
+
