@@ -160,11 +160,29 @@ class ParticleSpec(Strict):
     position: Literal["center", "random"] | tuple[float, float] = "center"
     surface_energies: dict[str, float] | None = Field(
         None, description="Wulff only: facet family (e.g. '111') -> surface energy")
+    twin_planes: list[int] | None = Field(
+        None, description="twin layer indices along the stacking normal (0 = through the centre); random if None")
+    stacking_fault_planes: list[int] | None = Field(
+        None, description="stacking-fault layer indices (0 = through the centre); random if None")
+    defect_min_spacing: float = Field(4.0, ge=0, le=100, description="minimum distance between defect planes, Å")
+    marks_reentrance: int = Field(1, ge=0, le=6, description="decahedron: Marks re-entrance depth, layers (0 = Ino)")
 
     @field_validator("orientation")
     @classmethod
     def _orient(cls, v: str) -> str:
         return _check_orientation(v)
+
+    @model_validator(mode="after")
+    def _defect_planes(self) -> ParticleSpec:
+        if self.twin_planes is not None and len(self.twin_planes) != self.twins:
+            raise ValueError(f"twin_planes has {len(self.twin_planes)} entries but twins = {self.twins}")
+        if self.stacking_fault_planes is not None and len(self.stacking_fault_planes) != self.stacking_faults:
+            raise ValueError(f"stacking_fault_planes has {len(self.stacking_fault_planes)} entries "
+                             f"but stacking_faults = {self.stacking_faults}")
+        if self.shape in ("decahedron", "icosahedron") and (self.twins or self.stacking_faults):
+            raise ValueError(f"{self.shape} particles are already multiply twinned: twins and "
+                             "stacking_faults must be 0")
+        return self
 
 
 class SceneSpec(Strict):
@@ -175,6 +193,7 @@ class SceneSpec(Strict):
     particles: list[ParticleSpec] = Field(default_factory=list)
     vacuum: float = Field(10.0, ge=0, le=500, description="vacuum padding above and below, Å")
     min_separation: float = Field(10.0, ge=0, le=500, description="minimum surface-to-surface gap, Å")
+    embed: float = Field(0.0, ge=0, le=50, description="depth the particles sink into the substrate, Å")
 
 
 class ParticleDistributionSpec(Strict):
@@ -184,8 +203,20 @@ class ParticleDistributionSpec(Strict):
     twins: IntRange = Field(default_factory=lambda: IntRange(min=0, max=0))
     stacking_faults: IntRange = Field(default_factory=lambda: IntRange(min=0, max=0))
     max_defects: int | None = Field(None, ge=0, description="cap on twins + stacking faults per particle")
+    defects: IntRange | None = Field(
+        None, description="total planar defects per particle, uniform; overrides twins/stacking_faults")
+    twin_fraction: float = Field(0.5, ge=0, le=1, description="with `defects`: probability a defect is a twin")
+    defect_min_spacing: float = Field(4.0, ge=0, le=100, description="minimum distance between defect planes, Å")
     orientation: Choice = Field(default_factory=lambda: Choice(values=["random"]))
     tilt_mrad: Param = 0.0
+
+    @field_validator("radius")
+    @classmethod
+    def _radius(cls, v: Param) -> Param:
+        lo, hi = param_bounds(v)
+        if not (lo > 2.0 and hi <= 500.0):
+            raise ValueError(f"radius must lie in (2, 500] Å, got [{lo}, {hi}]")
+        return v
 
     @field_validator("shapes")
     @classmethod
@@ -213,6 +244,21 @@ class StructureDistributionSpec(Strict):
     particles: ParticleDistributionSpec = Field(default_factory=ParticleDistributionSpec)
     min_separation: float = Field(10.0, ge=0, description="Å")
     vacuum: float = Field(10.0, ge=0)
+
+    @field_validator("substrate_thickness")
+    @classmethod
+    def _thickness(cls, v: Param | None) -> Param | None:
+        if v is not None and not (param_bounds(v)[0] > 0 and param_bounds(v)[1] <= 1000):
+            raise ValueError("substrate thickness must lie in (0, 1000] Å")
+        return v
+
+    @field_validator("substrate_density")
+    @classmethod
+    def _density(cls, v: Param) -> Param:
+        lo, hi = param_bounds(v)
+        if not (lo > 0.1 and hi <= 4.0):
+            raise ValueError(f"substrate density must lie in (0.1, 4] g/cm³, got [{lo}, {hi}]")
+        return v
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,6 +326,10 @@ class LabelSpec(Strict):
     threshold: float = Field(math.pi / 16, gt=0, lt=math.pi, description="phase threshold, rad")
     blur: float = Field(1.0, ge=0, le=20, description="Gaussian blur sigma, Å")
     instances: bool = True
+    phase: Literal["abs", "signed"] = Field(
+        "abs", description="threshold |phase| (robust to wrapped thick columns) or the signed phase (paper)")
+    plane: Literal["zero_defocus", "exit"] = Field(
+        "zero_defocus", description="plane of the phase: the calibrated zero-defocus plane or the exit plane")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,6 +370,8 @@ class DatasetSpec(Strict):
     kind: Literal["images", "exit_waves"] = "images"
     version: str = "0.1.0"
     description: str = ""
+    license: str = Field("cc-by-4.0", pattern=r"^[a-z0-9][a-z0-9.+-]*$",
+                         description="license id of the published data (Hub dataset card)")
     seed: int = Field(0, ge=0)
     structures: StructureDistributionSpec = Field(default_factory=StructureDistributionSpec)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)

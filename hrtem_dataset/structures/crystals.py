@@ -1,0 +1,225 @@
+"""Crystals: element defaults (fcc/bcc/hcp/...) or any CIF (pymatgen), and vectorised lattice filling.
+
+Frames and units (Å everywhere):
+
+* The *crystal frame* of a material is the Cartesian frame of its conventional cell :attr:`Crystal.cell`
+  (rows = lattice vectors a, b, c). Zone axes ``[uvw]`` are direct-lattice directions ``u a + v b + w c``
+  of that cell; for cubic crystals that is simply the Cartesian direction (u, v, w).
+* fcc and hcp particles are built layer by layer along a close-packed direction (the *stacking frame*:
+  layers in the x'y' plane, stacking along z'), which is how twins and stacking faults are inserted
+  (see :mod:`hrtem_dataset.structures.defects`); the positions are then rotated into the crystal frame.
+  For fcc the stacking axis is one of the four <111> (z' = [111], x' = [1-10]/√2, y' = [11-2]/√6, then
+  a cubic symmetry rotation about [001] picks the variant); for hcp it is [0001] (= the crystal frame).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+# Room-temperature lattice constants (Å) that override ASE's reference states where those are rounded.
+_LATTICE_CONSTANTS = {
+    "Au": ("fcc", 4.0782), "Ag": ("fcc", 4.0853), "Cu": ("fcc", 3.6149), "Pt": ("fcc", 3.9242),
+    "Pd": ("fcc", 3.8907), "Ni": ("fcc", 3.5240), "Al": ("fcc", 4.0495), "Ir": ("fcc", 3.8390),
+    "Rh": ("fcc", 3.8034), "Fe": ("bcc", 2.8665), "W": ("bcc", 3.1652), "Mo": ("bcc", 3.1470),
+}
+
+_FCC_STACK = np.column_stack([
+    np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0),
+    np.array([1.0, 1.0, -2.0]) / np.sqrt(6.0),
+    np.array([1.0, 1.0, 1.0]) / np.sqrt(3.0),
+])
+"""Columns: the stacking-frame axes x', y', z' in cubic coordinates (p_cubic = _FCC_STACK @ p_stack)."""
+
+
+def _rot_z(k: int) -> np.ndarray:
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=float)
+
+
+FCC_VARIANTS = [_rot_z(k) @ _FCC_STACK for k in range(4)]
+"""Stacking frame -> cubic frame for the four {111} variants (normals [111], [-111], [-1-11], [1-11])."""
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """A crystal structure in its conventional cell.
+
+    ``kind`` is ``fcc``, ``hcp`` (elemental, one atom per close-packed layer; planar defects supported),
+    ``bcc`` or ``other`` (any other structure, including every CIF; no planar defects).
+    """
+
+    name: str
+    kind: str
+    cell: np.ndarray                    # (3, 3) rows = lattice vectors, Å
+    frac: np.ndarray                    # (m, 3) fractional basis coordinates
+    numbers: np.ndarray                 # (m,) atomic numbers
+    a: float                            # lattice constant a, Å
+    c: float | None = None              # hcp c, Å
+    source: str = "default"             # "default" or the CIF path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def number_density(self) -> float:
+        """Atoms per Å³."""
+        return len(self.numbers) / abs(float(np.linalg.det(self.cell)))
+
+    @property
+    def symbol(self) -> str | None:
+        from ase.data import chemical_symbols
+
+        z = np.unique(self.numbers)
+        return chemical_symbols[int(z[0])] if len(z) == 1 else None
+
+    @property
+    def layer_spacing(self) -> float | None:
+        """Spacing of close-packed layers (fcc {111}: a/√3; hcp (0001): c/2), Å."""
+        if self.kind == "fcc":
+            return self.a / np.sqrt(3.0)
+        if self.kind == "hcp":
+            return float(self.c) / 2.0
+        return None
+
+    def direction(self, uvw) -> np.ndarray:
+        """Unit Cartesian vector (crystal frame) of the direct-lattice direction [uvw]."""
+        v = np.asarray(uvw, dtype=float) @ self.cell
+        n = np.linalg.norm(v)
+        if n == 0:
+            raise InputError("orientation: zone axis [000] has no direction")
+        return v / n
+
+    def describe(self) -> dict:
+        d = {"name": self.name, "kind": self.kind, "a": round(self.a, 6), "source": self.source}
+        if self.c is not None:
+            d["c"] = round(float(self.c), 6)
+        return d
+
+
+def _is_cif(material: str) -> bool:
+    return material.lower().endswith(".cif") or "/" in material or Path(material).is_file()
+
+
+def _element_crystal(symbol: str) -> Crystal:
+    from ase.data import atomic_numbers, reference_states
+
+    if symbol not in atomic_numbers:
+        raise InputError(f"material: {symbol!r} is neither an element symbol nor a CIF file")
+    z = atomic_numbers[symbol]
+    ref = reference_states[z] or {}
+    kind, a = _LATTICE_CONSTANTS.get(symbol, (ref.get("symmetry"), ref.get("a")))
+    if kind == "fcc":
+        cell = np.eye(3) * a
+        frac = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]], dtype=float)
+        return Crystal(symbol, "fcc", cell, frac, np.full(4, z), float(a))
+    if kind == "hcp":
+        c = float(ref["c/a"]) * a
+        cell = np.array([[a, 0, 0], [-a / 2, a * np.sqrt(3) / 2, 0], [0, 0, c]], dtype=float)
+        frac = np.array([[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+        return Crystal(symbol, "hcp", cell, frac, np.full(2, z), float(a), c=c)
+    if kind in ("bcc", "sc", "diamond"):
+        from ase.build import bulk
+
+        at = bulk(symbol, kind, a=a, cubic=True)
+        return Crystal(symbol, "bcc" if kind == "bcc" else "other", np.array(at.cell[:]),
+                       at.get_scaled_positions(), at.numbers.copy(), float(a))
+    raise InputError(f"material: no default crystal structure for {symbol!r}; give a CIF file instead")
+
+
+def _cif_crystal(path: str) -> Crystal:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: CIF file not found")
+    try:
+        import warnings
+
+        from pymatgen.core import Structure
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = Structure.from_file(str(p))
+            try:
+                s = SpacegroupAnalyzer(s).get_conventional_standard_structure()
+            except Exception:  # noqa: BLE001 - symmetry analysis is optional
+                pass
+    except Exception as exc:  # noqa: BLE001 - any parser failure is bad input
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: unreadable CIF: {msg}") from None
+    if len(s) == 0:
+        raise InputError(f"{path}: CIF has no atoms")
+    if not s.is_ordered:
+        raise InputError(f"{path}: CIF has partial occupancies, which are not supported")
+    lat = s.lattice
+    return Crystal(p.stem, "other", np.array(lat.matrix), np.array(s.frac_coords) % 1.0,
+                   np.array(s.atomic_numbers), float(lat.a), source=str(p))
+
+
+@functools.lru_cache(maxsize=64)
+def get_crystal(material: str) -> Crystal:
+    """Crystal for an element symbol (standard structure and lattice constant) or a CIF path.
+
+    Raises :class:`InputError` naming the material or file when it cannot be used.
+    """
+    material = material.strip()
+    if _is_cif(material):
+        return _cif_crystal(material)
+    if not re.fullmatch(r"[A-Z][a-z]?", material):
+        raise InputError(f"material: {material!r} is neither an element symbol nor a CIF file")
+    return _element_crystal(material)
+
+
+def fill_lattice(crystal: Crystal, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """All atoms of the (perfect) crystal within ``radius`` of the origin, crystal frame.
+
+    The origin is the first basis atom. Vectorised over the integer cell indices.
+    Returns (positions (n, 3) Å, atomic numbers (n,)).
+    """
+    cell = crystal.cell
+    frac = crystal.frac - crystal.frac[0]
+    recip = np.linalg.inv(cell).T  # rows b_i with a_i . b_j = delta_ij
+    nmax = np.ceil(radius * np.linalg.norm(recip, axis=1)).astype(int) + 1
+    grids = np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij")
+    ijk = np.stack([g.ravel() for g in grids], axis=1).astype(float)
+    pts = (ijk[:, None, :] + frac[None, :, :]).reshape(-1, 3) @ cell
+    nums = np.tile(crystal.numbers, len(ijk))
+    keep = np.einsum("ij,ij->i", pts, pts) <= radius * radius
+    return pts[keep], nums[keep]
+
+
+def stacked_lattice(crystal: Crystal, radius: float, shifts: np.ndarray, layer0: int) -> np.ndarray:
+    """Close-packed layers within ``radius`` of the origin, stacking frame.
+
+    ``shifts[i]`` in {0, 1, 2} is the A/B/C position of layer ``i + layer0`` (layer 0 contains the origin).
+    In-plane lattice vectors a1 = a_h (1, 0, 0), a2 = a_h (1/2, √3/2, 0) with a_h the nearest-neighbour
+    distance; the B and C sites are shifted by 1/3 and 2/3 of ``t``; layer spacing = crystal.layer_spacing.
+    For fcc, ``t`` = 2 (a1 + a2) / 3 makes the sequence 0, 1, 2, 0, ... the perfect fcc lattice in the frame
+    of :data:`_FCC_STACK`; for hcp ``t`` = (a1 + a2) / 3 with the sequence 0, 1, 0, 1, ...
+    """
+    if crystal.kind == "fcc":
+        ah = crystal.a / np.sqrt(2.0)
+        t = 2.0 / 3.0
+    else:
+        ah = crystal.a
+        t = 1.0 / 3.0
+    d = crystal.layer_spacing
+    a1 = np.array([ah, 0.0, 0.0])
+    a2 = np.array([ah / 2, ah * np.sqrt(3) / 2, 0.0])
+    tv = t * (a1 + a2)
+    m = int(np.ceil(radius / (ah * np.sqrt(3) / 2))) + 2
+    ii, jj = np.meshgrid(np.arange(-m, m + 1), np.arange(-m, m + 1), indexing="ij")
+    plane = ii.ravel()[:, None] * a1 + jj.ravel()[:, None] * a2           # (q, 3)
+    layers = np.arange(len(shifts)) + layer0
+    z = layers * d
+    ok = np.abs(z) <= radius
+    offs = shifts[ok, None] * tv[None, :] + z[ok, None] * np.array([0.0, 0.0, 1.0])  # (L, 3)
+    # wrap the in-plane shift back near the origin so the fixed in-plane grid always covers the disc
+    offs[:, :2] -= np.round(offs[:, :2] @ np.linalg.inv(np.array([a1[:2], a2[:2]]))) @ np.array([a1[:2], a2[:2]])
+    pts = (offs[:, None, :] + plane[None, :, :]).reshape(-1, 3)
+    keep = np.einsum("ij,ij->i", pts, pts) <= radius * radius
+    return pts[keep]

@@ -1,0 +1,147 @@
+"""Spec validation: unknown keys and unphysical values are rejected with one line naming the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.specs import (
+    Choice,
+    DatasetSpec,
+    IntRange,
+    ParticleSpec,
+    SceneSpec,
+    SimulationSpec,
+    StructureDistributionSpec,
+    Uniform,
+    load_spec,
+    sample_param,
+    validate_spec,
+)
+
+
+def _one_line_error(data, cls) -> str:
+    with pytest.raises(InputError) as exc:
+        validate_spec(data, cls, "spec.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("spec.yaml: ")
+    return msg
+
+
+SCENE = {"cell": {"x": 64.0, "y": 64.0}, "substrate": {"thickness": 30.0},
+         "particles": [{"material": "Au", "radius": 20.0, "twins": 1}]}
+
+
+def test_scene_spec_defaults_and_contract_example():
+    spec = validate_spec(SCENE, SceneSpec)
+    p = spec.particles[0]
+    assert (p.shape, p.orientation, p.position, p.stacking_faults) == ("sphere", "random", "center", 0)
+    assert spec.substrate.density == 2.0 and spec.substrate.min_distance == 1.4 and spec.vacuum == 10.0
+    spec = load_spec("configs/structures/example-scene.yaml", SceneSpec)
+    assert [q.shape for q in spec.particles] == ["sphere", "wulff"] and spec.particles[1].orientation == "[110]"
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"bogus": 1}, "bogus"),
+    ({"cell": {"x": -5.0, "y": 64.0}}, "cell.x"),
+    ({"substrate": {"thickness": 30.0, "density": 9.0}}, "substrate.density"),
+    ({"substrate": {"thickness": 30.0, "kind": "graphene"}}, "substrate.kind"),
+    ({"particles": [{"material": "Au", "radius": 1.0}]}, "particles.0.radius"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "shape": "cube"}]}, "particles.0.shape"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "orientation": "[11]"}]}, "particles.0.orientation"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "twins": -1}]}, "particles.0.twins"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "colour": "red"}]}, "particles.0.colour"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "twins": 2, "twin_planes": [0]}]}, "twin_planes"),
+    ({"particles": [{"material": "Au", "radius": 20.0, "shape": "icosahedron", "twins": 1}]}, "multiply twinned"),
+    ({"vacuum": -1.0}, "vacuum"),
+    ({"embed": 100.0}, "embed"),
+])
+def test_scene_spec_rejections_name_the_field(patch, field):
+    data = {**SCENE, **patch}
+    assert field in _one_line_error(data, SceneSpec)
+
+
+@pytest.mark.parametrize("orientation", ["random", "[110]", "[1,1,0]", "[-1 1 2]", " [001] "])
+def test_orientation_forms_accepted(orientation):
+    assert ParticleSpec(material="Au", radius=10.0, orientation=orientation).orientation == orientation.strip()
+
+
+def test_distribution_spec_paper_config_and_defaults():
+    dist = load_spec("configs/structures/paper.yaml", StructureDistributionSpec)
+    assert (dist.n_particles.min, dist.n_particles.max) == (1, 5)
+    assert dist.particles.radius.bounds == (10.0, 35.0)
+    assert (dist.particles.defects.min, dist.particles.defects.max) == (0, 2)
+    assert dist.min_separation == 10.0 and (dist.cell.x, dist.cell.y) == (128.0, 128.0)
+    assert dist.substrate_thickness.bounds == (20.0, 80.0)
+    default = StructureDistributionSpec()
+    assert default.particles.materials.values == ["Au"]
+
+
+@pytest.mark.parametrize("data,field", [
+    ({"n_particles": {"min": 3, "max": 1}}, "n_particles"),
+    ({"particles": {"shapes": {"values": ["sphere", "blob"]}}}, "particles.shapes"),
+    ({"particles": {"orientation": {"values": ["random", "up"]}}}, "particles.orientation"),
+    ({"particles": {"radius": {"min": 30, "max": 10}}}, "particles.radius"),
+    ({"particles": {"materials": {"values": ["Au", "Ag"], "weights": [1.0]}}}, "particles.materials"),
+    ({"particles": {"twins": {"min": -1, "max": 1}}}, "particles.twins"),
+    ({"unknown_field": 3}, "unknown_field"),
+])
+def test_distribution_rejections_name_the_field(data, field):
+    assert field in _one_line_error(data, StructureDistributionSpec)
+
+
+def test_parameter_distributions_sample_within_bounds():
+    rng = np.random.default_rng(0)
+    u = Uniform(min=2.0, max=5.0)
+    xs = np.array([u.sample(rng) for _ in range(2000)])
+    assert xs.min() >= 2.0 and xs.max() <= 5.0 and abs(xs.mean() - 3.5) < 0.1
+    lu = Uniform(min=1.0, max=100.0, log=True)
+    ls = np.log10([lu.sample(rng) for _ in range(2000)])
+    assert abs(ls.mean() - 1.0) < 0.05                      # log-uniform: uniform in log10
+    c = Choice(values=["a", "b"], weights=[3.0, 1.0])
+    frac_a = np.mean([c.sample(rng) == "a" for _ in range(4000)])
+    assert abs(frac_a - 0.75) < 0.03
+    ir = IntRange(min=0, max=2)
+    assert set(ir.sample(rng) for _ in range(200)) == {0, 1, 2}
+    assert sample_param(7.5, rng) == 7.5
+    with pytest.raises(ValidationError):
+        Uniform(min=-1.0, max=1.0, log=True)
+    with pytest.raises(ValidationError):
+        Choice(values=[1, 2], weights=[0.0, 0.0])
+
+
+def test_load_spec_file_errors(tmp_path):
+    with pytest.raises(InputError, match="missing.yaml: file not found"):
+        load_spec(tmp_path / "missing.yaml", SceneSpec)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cell: {x: 1\n")
+    with pytest.raises(InputError, match=r"bad.yaml: malformed YAML"):
+        load_spec(bad, SceneSpec)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_spec(lst, SceneSpec)
+
+
+def test_dataset_spec_embeds_structures_and_rejects_bad_values():
+    spec = validate_spec({"name": "hrtem-au", "structures": {"n_particles": {"min": 1, "max": 2}}}, DatasetSpec)
+    assert isinstance(spec.structures, StructureDistributionSpec) and spec.structures.n_particles.max == 2
+    assert "version" in _one_line_error({"name": "x", "version": "1.0"}, DatasetSpec)
+    assert "name" in _one_line_error({"name": "Bad Name"}, DatasetSpec)
+    assert "structures.cell.y" in _one_line_error({"name": "x", "structures": {"cell": {"x": 10, "y": 0}}}, DatasetSpec)
+    assert "energy" in _one_line_error({"energy": 1.0}, SimulationSpec)
+    assert spec.hash() == validate_spec({"name": "hrtem-au", "structures": {"n_particles": {"min": 1, "max": 2}}},
+                                        DatasetSpec).hash()
+
+
+@pytest.mark.parametrize("data,field", [
+    ({"particles": {"radius": {"min": 1.0, "max": 10.0}}}, "particles.radius"),
+    ({"substrate_thickness": {"min": -5.0, "max": 10.0}}, "substrate_thickness"),
+    ({"substrate_density": {"values": [2.0, 9.0]}}, "substrate_density"),
+    ({"particles": {"defects": {"min": 2, "max": 0}}}, "particles.defects"),
+    ({"particles": {"twin_fraction": 1.5}}, "particles.twin_fraction"),
+])
+def test_distribution_physical_ranges(data, field):
+    assert field in _one_line_error(data, StructureDistributionSpec)
