@@ -54,7 +54,7 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, mapping InputError to exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo("aborted", err=True)
             return 1
         raise
-    return 0
+    return int(rc or 0) if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,33 @@
+"""Hugging Face dataset packaging: features, deterministic parquet shards, dataset card, publishing.
+
+A dataset folder is laid out exactly like a Hub dataset repo (``README.md`` with YAML ``configs:``,
+``data/<config>/<split>-NNNNN-of-NNNNN.parquet``) and loads with ``datasets.load_dataset(folder, config)``.
+"""
+
+from .card import render_card, write_dataset_card
+from .features import SPLITS, column_docs, exit_wave_features, image_features
+from .publish import publish
+from .writer import (
+    LeakageReport,
+    check_no_leakage,
+    contrast_stretch,
+    split_files,
+    version_dir,
+    write_dataset_config,
+)
+
+__all__ = [
+    "SPLITS",
+    "LeakageReport",
+    "check_no_leakage",
+    "column_docs",
+    "contrast_stretch",
+    "exit_wave_features",
+    "image_features",
+    "publish",
+    "render_card",
+    "split_files",
+    "version_dir",
+    "write_dataset_card",
+    "write_dataset_config",
+]
