@@ -1,0 +1,53 @@
+"""Small shared helpers: tensors, devices, grids (no physics)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+def as_pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """``0.1`` or ``(0.1, 0.1)`` -> ``(0.1, 0.1)``; must be finite and > 0."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        value = value.tolist()
+    if isinstance(value, int | float):
+        pair = (float(value), float(value))
+    else:
+        try:
+            pair = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        except TypeError:
+            raise InputError(f"{name}: expected a number or a pair of numbers, got {value!r}") from None
+        if len(pair) != 2:
+            raise InputError(f"{name}: expected 2 values, got {len(pair)}")
+    if not all(math.isfinite(v) and v > 0 for v in pair):
+        raise InputError(f"{name}: must be finite and > 0, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: CUDA requested but not available")
+    return dev
+
+
+def complex_tensor(waves, device: torch.device | None = None) -> torch.Tensor:
+    """numpy/torch complex array -> complex64 tensor on ``device``."""
+    t = waves if isinstance(waves, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(waves))
+    if not t.is_complex():
+        t = t.to(torch.float32)
+    t = t.to(device=device or t.device)
+    return t.to(torch.complex64)
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(torch.view_as_real(t) if t.is_complex() else t).all()):
+        raise InputError(f"{name}: contains NaN or Inf")

@@ -1,0 +1,105 @@
+"""Fourier cropping: resample a periodic image from the simulation sampling to a detector pixel size.
+
+Cropping the discrete Fourier transform to the frequencies the new grid can represent is an ideal
+low-pass filter followed by exact resampling: nothing above the new Nyquist frequency survives, so
+nothing aliases (unlike strided subsampling or binning), the mean is kept exactly, and for signals
+band-limited below the new Nyquist frequency the energy Σ|x|²·pixel area is kept too (Parseval).
+
+The output grid keeps the field of view: m = round(n · sampling / pixel_size) pixels per axis, so the
+actual pixel size is n·sampling/m (:func:`resampled_sampling`), equal to the requested one whenever the
+extent is a multiple of it. The crop keeps the m lowest frequencies per axis (for even m the Nyquist
+row/column of the output is the Hermitian average, as ``irfft`` implies). m > n zero-pads (interpolates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ._common import as_pair
+
+
+def resampled_shape(
+    shape: Sequence[int], sampling: float | Sequence[float], pixel_size: float | Sequence[float]
+) -> tuple[int, int]:
+    """Output grid (m_x, m_y) for resampling an (n_x, n_y) image at ``sampling`` to ``pixel_size`` [Å]."""
+    s = as_pair(sampling, "sampling")
+    p = as_pair(pixel_size, "pixel_size")
+    return tuple(max(1, int(round(n * si / pi))) for n, si, pi in zip(shape[-2:], s, p, strict=True))  # type: ignore[return-value]
+
+
+def resampled_sampling(
+    shape: Sequence[int], sampling: float | Sequence[float], pixel_size: float | Sequence[float]
+) -> tuple[float, float]:
+    """Actual pixel size [Å] per axis after :func:`resample` (extent / m)."""
+    s = as_pair(sampling, "sampling")
+    m = resampled_shape(shape, sampling, pixel_size)
+    return tuple(n * si / mi for n, si, mi in zip(shape[-2:], s, m, strict=True))  # type: ignore[return-value]
+
+
+def _crop_rows(spec: torch.Tensor, m: int) -> torch.Tensor:
+    """Keep the m lowest frequencies along dim −2 of an (unshifted) FFT axis: 0..⌈m/2⌉−1 and −⌊m/2⌋..−1
+    (zero-padding when m exceeds the input length)."""
+    n = spec.shape[-2]
+    pos = (m + 1) // 2
+    neg = m // 2
+    if m <= n:
+        return torch.cat([spec[..., :pos, :], spec[..., n - neg :, :]], dim=-2)
+    out = spec.new_zeros((*spec.shape[:-2], m, spec.shape[-1]))
+    npos, nneg = (n + 1) // 2, n // 2
+    out[..., :npos, :] = spec[..., :npos, :]
+    out[..., m - nneg :, :] = spec[..., n - nneg :, :]
+    return out
+
+
+def crop_spectrum(spec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Crop (or zero-pad) a real image's ``rfft2`` spectrum (…, n_x, n_y//2+1) to ``shape`` (m_x, m_y)."""
+    mx, my = shape
+    out = _crop_rows(spec, mx)
+    cols = my // 2 + 1
+    if cols <= out.shape[-1]:
+        return out[..., :cols]
+    pad = out.new_zeros((*out.shape[:-1], cols))
+    pad[..., : out.shape[-1]] = out
+    return pad
+
+
+def fourier_crop(image, shape: Sequence[int]):
+    """Band-limit and resample a real periodic image (…, n_x, n_y) to ``shape`` (m_x, m_y).
+
+    numpy in -> numpy out (float32), torch in -> torch out (same device). The mean is preserved.
+    """
+    is_numpy = not isinstance(image, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) if is_numpy else image
+    if t.is_complex():
+        raise InputError("fourier_crop: expected a real image (crop complex waves with fourier_crop_complex)")
+    if t.ndim < 2:
+        raise InputError(f"fourier_crop: expected at least 2 dimensions, got shape {tuple(t.shape)}")
+    m = (int(shape[-2]), int(shape[-1]))
+    if min(m) < 1:
+        raise InputError(f"fourier_crop: output shape must be >= 1, got {m}")
+    n = t.shape[-2:]
+    spec = torch.fft.rfft2(t.to(torch.float32))
+    out = torch.fft.irfft2(crop_spectrum(spec, m), s=m) * (m[0] * m[1] / (n[0] * n[1]))
+    return out.numpy() if is_numpy else out
+
+
+def fourier_crop_complex(waves: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Band-limit and resample complex waves (…, n_x, n_y) to ``shape``; keeps the mean (vacuum = 1)."""
+    m = (int(shape[-2]), int(shape[-1]))
+    n = waves.shape[-2:]
+    spec = torch.fft.fft2(waves)
+    spec = _crop_rows(spec, m[0]).transpose(-1, -2)
+    spec = _crop_rows(spec, m[1]).transpose(-1, -2)
+    return torch.fft.ifft2(spec) * (m[0] * m[1] / (n[0] * n[1]))
+
+
+def resample(image, sampling: float | Sequence[float], pixel_size: float | Sequence[float]):
+    """:func:`fourier_crop` from ``sampling`` to ``pixel_size`` [Å] (grid from :func:`resampled_shape`)."""
+    shape = resampled_shape(image.shape, sampling, pixel_size)
+    if tuple(image.shape[-2:]) == shape:
+        return image
+    return fourier_crop(image, shape)
