@@ -357,6 +357,10 @@ class ModelTrainingSpec(Strict):
     lr: float = Field(1e-3, gt=0)
     image_size: int | None = Field(None, ge=16, description="random crop size for training")
     min_f1: float = Field(0.0, ge=0, le=1, description="asset check floor on validation F1")
+    encoder_depth: int = Field(5, ge=1, le=5, description="U-Net depth (encoder stages used)")
+    decoder_channels: list[int] | None = Field(
+        None, description="decoder widths, one per stage (default 256, 128, 64, 32, 16 cut to the depth)")
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
 
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")

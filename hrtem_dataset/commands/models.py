@@ -1,0 +1,96 @@
+"""``hrtem train``, ``hrtem evaluate`` and ``hrtem segment`` (segmentation models, :mod:`models`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("segment")(segment_cmd)
+
+
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Output model folder (Hub model repo layout + checkpoints/)."),
+    dataset: str = typer.Option(None, "--dataset", help="Built dataset folder or Hub dataset id."),
+    config: str = typer.Option(None, "--config", help="Dataset configuration name."),
+    encoder: str = typer.Option("tu-resnet18", "--encoder", help="Encoder: tu-<timm model> or an smp name."),
+    encoder_depth: int = typer.Option(5, "--encoder-depth", help="U-Net depth (1-5)."),
+    decoder_channels: str = typer.Option(None, "--decoder-channels", help="Comma-separated, e.g. 256,128,64,32,16."),
+    epochs: int = typer.Option(5, "--epochs"),
+    steps: int = typer.Option(None, "--steps", help="Total optimiser steps (overrides --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="(Peak) learning rate of Adam."),
+    schedule: str = typer.Option("onecycle", "--schedule", help="onecycle | cosine | constant"),
+    image_size: int = typer.Option(None, "--image-size", help="Random crop size (default: whole images)."),
+    init_from: str = typer.Option(None, "--init-from", help="Model folder, Hub id or checkpoint to start from."),
+    freeze: str = typer.Option(None, "--freeze", help="encoder | decoder (transfer learning)."),
+    user_data: Path = typer.Option(None, "--user-data", help="Folder of labelled micrographs to train on."),
+    user_pixel_size: float = typer.Option(None, "--user-pixel-size", help="Pixel size (Å) of --user-data images."),
+    seed: int = typer.Option(0, "--seed"),
+    val_every: int = typer.Option(1, "--val-every", help="Validate every N epochs (and after the last)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from OUT/checkpoints/last.pt."),
+    progress: bool = typer.Option(True, "--progress/--quiet"),
+) -> None:
+    """Train or fine-tune a U-Net segmentation model; prints the final metrics as one JSON line."""
+    from models.evaluate import json_safe
+    from models.train import train
+
+    channels = None
+    if decoder_channels:
+        try:
+            channels = tuple(int(c) for c in decoder_channels.split(","))
+        except ValueError:
+            raise InputError(f"--decoder-channels: expected integers like 64,32,16, got {decoder_channels!r}") from None
+    if dataset is None and user_data is None:
+        raise InputError("--dataset or --user-data: training needs data")
+    res = train(dataset, out, config=config, user_data=user_data, user_pixel_size=user_pixel_size,
+                device=device, resume=resume, progress=progress, val_every=val_every, encoder=encoder, encoder_depth=encoder_depth,
+                decoder_channels=channels, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                schedule=schedule, image_size=image_size, init_from=init_from, freeze=freeze, seed=seed)
+    typer.echo(json.dumps(json_safe({**res["metrics"], "steps": res["steps"], "time_s": res["time_s"],
+                                     "model_dir": res["model_dir"]})))
+
+
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="Model folder or Hub model id."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset folder/Hub id, or a folder of labelled micrographs."),
+    config: str = typer.Option(None, "--config", help="Dataset configuration name."),
+    split: str = typer.Option("test", "--split"),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size (Å) of micrograph-folder images."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Evaluate a model; prints ONE JSON line (iou, f1, precision, recall, detection statistics)."""
+    from models.evaluate import evaluate, json_safe
+
+    res = evaluate(model, dataset, config, split, pixel_size=pixel_size, device=device)
+    typer.echo(json.dumps(json_safe(res)))
+
+
+def segment_cmd(
+    image: Path = typer.Argument(..., help="Micrograph: dm3, dm4, mrc, tif, png."),
+    model: str = typer.Option(..., "--model", help="Model folder or Hub model id."),
+    out: Path = typer.Option(..., "--out", help="Mask PNG (class indices 0/1); the CSV goes next to it."),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in Å (overrides the file's calibration)."),
+    csv_path: Path = typer.Option(None, "--csv", help="Per-particle CSV (default: OUT with suffix .csv)."),
+    tile: int = typer.Option(512, "--tile", help="Tile size for large images (pixels at the model's pixel size)."),
+    overlap: int = typer.Option(64, "--overlap"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Segment a micrograph: writes the mask PNG and a per-particle CSV; prints a one-line summary."""
+    from models.inference import segment
+
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the mask is written as PNG, use a .png name")
+    res = segment(image, model, out=out, csv_path=csv_path, pixel_size=pixel_size, tile=tile, overlap=overlap,
+                  device=device)
+    typer.echo(json.dumps({"mask": res["mask_path"], "csv": res["csv_path"], "shape": list(res["mask"].shape),
+                           "particles": len(res["particles"]), "pixel_size": res["pixel_size"],
+                           "pixel_size_source": res["pixel_size_source"]}))

@@ -1,0 +1,255 @@
+"""Hugging Face Hub model folders: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+
+A model folder (= a Hub model repo) holds
+- ``model.safetensors`` — the weights (state dict, float32),
+- ``config.json`` — the :class:`~models.build.ModelConfig` (architecture, classes, expected pixel size,
+  input normalisation) plus training parameters and lineage of the training dataset,
+- ``README.md`` — a model card with a ``model-index`` (metrics on the evaluation split and the dataset it
+  was trained on), training parameters, the pixel size it expects, intended use and limitations.
+
+``from_pretrained`` loads offline from a local folder; anything else is treated as a Hub repo id and goes
+through ``huggingface_hub.snapshot_download`` (which fails cleanly with HF_HUB_OFFLINE=1 or no network).
+``push_to_hub`` uploads a folder with ``HfApi.upload_folder``; the token comes from the argument or
+``HF_TOKEN``/the huggingface_hub login and is never printed or written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.io import atomic_path, atomic_write_text
+
+from .build import ModelConfig, build_model, count_parameters
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+LIBRARY_NAME = "hrtem-dataset"
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe values (NaN -> None, numpy scalars -> Python)."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, str):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def model_card(config: ModelConfig, *, n_parameters: int | None = None, metrics: dict | None = None,
+               dataset: dict | None = None, training: dict | None = None, model_name: str | None = None) -> str:
+    """Model card text (YAML metadata with model-index + markdown) built with huggingface_hub.ModelCard."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset = dataset or {}
+    training = training or {}
+    metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
+    ds_id = dataset.get("id") or "local dataset"
+    ds_is_hub = bool(dataset.get("hub"))
+    split = dataset.get("eval_split", "validation")
+    name = model_name or f"hrtem-unet-{config.encoder.removeprefix('tu-')}"
+    eval_results = [
+        EvalResult(task_type="image-segmentation", task_name="Nanoparticle segmentation",
+                   dataset_type=ds_id if ds_is_hub else "hrtem-simulated",
+                   dataset_name=str(dataset.get("name") or ds_id),
+                   dataset_config=dataset.get("config"), dataset_split=split,
+                   metric_type=key, metric_name=label, metric_value=round(float(metrics[key]), 4))
+        for key, label in (("iou", "IoU (particle)"), ("f1", "F1 (particle)"), ("precision", "Precision"),
+                           ("recall", "Recall"), ("detection_f1", "Particle detection F1"))
+        if key in metrics
+    ]
+    data = ModelCardData(
+        model_name=name, library_name=LIBRARY_NAME, license="mit", pipeline_tag="image-segmentation",
+        tags=["hrtem", "electron-microscopy", "nanoparticles", "semantic-segmentation", "u-net",
+              "segmentation-models-pytorch", "timm", config.encoder],
+        datasets=[ds_id] if ds_is_hub else None, metrics=["iou", "f1", "precision", "recall"],
+        eval_results=eval_results or None)
+    px = f"{config.pixel_size:.4g} Å" if config.pixel_size else "unknown (not recorded)"
+    params = "\n".join(f"| {k} | {v} |" for k, v in training.items() if not isinstance(v, dict | list))
+    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {name}
+
+U-Net (segmentation-models-pytorch) with a `{config.encoder}` encoder (timm), {config.in_channels} input
+channel, {config.classes} classes ({", ".join(config.class_names)}){f", {n_parameters:,} parameters" if n_parameters else ""}.
+It segments crystalline nanoparticles in high-resolution TEM (HRTEM) images. Trained on simulated HRTEM
+images built by the `hrtem-dataset` pipeline (multislice exit waves, partial coherence, detector MTF, dose
+noise; labels from the particles' exit-wave phase) following Rangel DaCosta et al., *npj Comput. Mater.*
+10 (2024), arXiv:2309.06122.
+
+## Expected input
+- **Pixel size: {px}.** `hrtem segment` and `models.segment` resample micrographs to it from `--pixel-size`
+  or the file's calibration (dm3/dm4/mrc/tif).
+- One intensity channel; {config.normalization} (zero mean, unit standard deviation per image) is applied
+  by the inference code.
+- Output: class indices per pixel (0 = background/substrate, 1 = particle).
+
+## Training data
+- Dataset: {f"{dataset['name']}, " if dataset.get("name") else ""}`{ds_id}`{f" (config `{dataset.get('config')}`)" if dataset.get("config") else ""}{f", version {dataset['version']}" if dataset.get("version") else ""}{f", spec hash `{dataset['spec_hash']}`" if dataset.get("spec_hash") else ""}
+- Training images: {dataset.get("n_train", "n/a")}; evaluation split: `{split}` ({dataset.get("n_eval", "n/a")} images)
+
+## Training parameters
+| parameter | value |
+|---|---|
+{params}
+
+## Evaluation (`{split}` split)
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Usage
+```python
+from models import from_pretrained, segment
+model = from_pretrained("path/or/hub-id")
+result = segment("micrograph.dm4", model, out="mask.png")   # also writes mask.csv
+```
+```bash
+hrtem segment micrograph.dm4 --model path/or/hub-id --out mask.png [--pixel-size 0.2]
+```
+
+## Intended use
+Segmentation of nanoparticles (e.g. Au on amorphous carbon) in HRTEM images recorded near the pixel size
+above, as a baseline for simulation-trained models and a starting point for fine-tuning on a lab's own
+labelled micrographs (`hrtem train --init-from MODEL --freeze encoder --user-data FOLDER`).
+
+## Limitations
+- Trained on simulated images only: real micrographs differ (detector response, drift, contamination,
+  beam damage, thickness), so expect a domain gap; fine-tune on a few labelled real images.
+- Materials, particle sizes, defocus/aberration ranges and doses outside the training distribution are not
+  covered; the pixel size must be known (calibrated files or `--pixel-size`).
+- Binary particle/background segmentation: touching particles merge into one connected component in the
+  per-particle table.
+"""
+    return ModelCard(content).content
+
+
+def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, dataset: dict | None = None,
+                    training: dict | None = None, model_name: str | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``out_dir`` (each atomically).
+
+    ``dataset``: lineage of the training data (``id``, ``hub``, ``config``, ``version``, ``spec_hash``,
+    ``n_train``, ``eval_split``, ``n_eval``); ``training``: hyper-parameters; ``metrics``: evaluation scores.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config: ModelConfig = model.hrtem_config
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "library": LIBRARY_NAME})
+    full = {"model": config.to_dict(), "library": LIBRARY_NAME, "n_parameters": count_parameters(model),
+            "training": _clean(training or {}), "dataset": _clean(dataset or {}), "metrics": _clean(metrics or {})}
+    atomic_write_text(out / CONFIG_NAME, json.dumps(full, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / CARD_NAME, model_card(config, n_parameters=full["n_parameters"], metrics=metrics,
+                                                  dataset=dataset, training=training, model_name=model_name))
+    return out
+
+
+def resolve_model_dir(model_id_or_dir: str | Path, revision: str | None = None) -> Path:
+    """Local folder as is; otherwise ``snapshot_download`` of a Hub repo id (InputError when impossible)."""
+    p = Path(model_id_or_dir)
+    if p.is_dir():
+        return p
+    s = str(model_id_or_dir)
+    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
+        raise InputError(f"model {s}: not a model folder (expected {WEIGHTS_NAME} + {CONFIG_NAME}) "
+                         "or a Hub repo id 'org/name'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(s, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME]))
+    except Exception as exc:  # offline mode, network, 404, auth ...
+        msg = " ".join(str(exc).split())[:160]
+        raise InputError(f"model {s}: not a local folder and the Hub download failed ({type(exc).__name__}: {msg})") from None
+
+
+def read_config(model_dir: str | Path) -> dict:
+    p = Path(model_dir) / CONFIG_NAME
+    if not p.is_file():
+        raise InputError(f"model {model_dir}: no {CONFIG_NAME}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: malformed JSON ({exc})") from None
+
+
+def from_pretrained(model_id_or_dir: str | Path, *, revision: str | None = None, device: str = "cpu"):
+    """Load a model saved with :func:`save_pretrained` (local folder, offline) or from a Hub repo id.
+
+    Returns the ``torch.nn.Module`` in eval mode with ``hrtem_config`` set and the folder's full config as
+    ``model.hrtem_metadata``.
+    """
+    from safetensors.torch import load_file
+
+    d = resolve_model_dir(model_id_or_dir, revision)
+    meta = read_config(d)
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config (no 'model' section)")
+    config = ModelConfig.from_dict(meta["model"])
+    model = build_model(config=config)
+    w = d / WEIGHTS_NAME
+    if not w.is_file():
+        raise InputError(f"model {model_id_or_dir}: no {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(w), device=device)
+    except Exception as exc:
+        raise InputError(f"{w}: cannot read weights ({type(exc).__name__})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"{w}: weights do not match the config (missing {len(missing)}, unexpected {len(unexpected)})")
+    model.hrtem_metadata = meta
+    return model.to(device).eval()
+
+
+def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revision: str | None = None,
+                private: bool | None = None, commit_message: str | None = None, tag: str | None = None) -> str:
+    """Upload a model folder (or a model, saved to a temporary folder first) to the Hub repo ``repo_id``.
+
+    Checkpoints (``checkpoints/``) are not uploaded. The token comes from ``token`` or the environment
+    (``HF_TOKEN``) and is never printed. With ``HF_HUB_OFFLINE=1`` this raises :class:`InputError`.
+    Returns the commit URL.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise InputError(f"push to {repo_id}: the Hub is offline (HF_HUB_OFFLINE is set); "
+                         "unset it and provide HF_TOKEN to upload")
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise InputError(f"--repo-id: expected 'org/name', got {repo_id!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(folder_or_model, str | Path):
+            folder = Path(folder_or_model)
+            if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+                raise InputError(f"{folder}: not a model folder ({WEIGHTS_NAME} + {CONFIG_NAME} needed)")
+        else:
+            folder = save_pretrained(folder_or_model, Path(tmp) / "model")
+        api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                     revision=revision, ignore_patterns=["checkpoints/*", "*.tmp", ".*"],
+                                     commit_message=commit_message or "Upload hrtem-dataset segmentation model")
+            if tag:
+                api.create_tag(repo_id, tag=tag, repo_type="model", revision=revision, exist_ok=True)
+        except Exception as exc:  # HTTP errors, auth, network; the message never contains the token
+            raise InputError(f"push to {repo_id}: upload failed ({type(exc).__name__})") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,175 @@
+"""Inference on micrographs: rescaling to the model's pixel size, overlapping tiles, masks and particle tables.
+
+``segment("image.dm4", model)`` reads the micrograph (dm3/dm4/mrc/tif/png, :mod:`models.imageio`), takes
+its pixel size from ``pixel_size`` or the file's calibration, resamples it to the pixel size the model was
+trained at (``model.hrtem_config.pixel_size``), standardises it (zero mean, unit std over the whole image),
+predicts class probabilities on overlapping tiles blended with a linear-ramp window (no seams), resamples
+the probabilities back to the input grid and takes the arg-max. The mask therefore has the input's shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.io import atomic_path
+
+from .build import size_multiple
+from .data import standardize
+from .imageio import mask_png_bytes, read_image, resample, rescaled_shape
+from .metrics import particle_table
+
+
+def _device(device: str | None):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    """1-D blending weight: linear ramps of length ``overlap`` at both ends, 1 in between, never 0."""
+    i = np.arange(n, dtype=np.float64)
+    w = np.minimum(i + 1, n - i) / max(overlap, 1)
+    return np.clip(w, 1e-3, 1.0)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    s = list(range(0, length - tile, step))
+    return s + [length - tile]
+
+
+def predict_proba(model, image: np.ndarray, *, tile: int = 512, overlap: int = 64, batch_size: int = 4,
+                  device: str | None = None, standardized: bool = False) -> np.ndarray:
+    """Class probabilities (classes, H, W) float32 of a 2-D image at the model's pixel size.
+
+    Images up to ``tile`` pixels per side run in one pass (reflect-padded to the U-Net's size divisor);
+    larger ones are cut into ``tile``² tiles overlapping by ``overlap`` pixels and blended with a
+    separable linear-ramp window.
+    """
+    import torch
+
+    dev = _device(device)
+    model = model.to(dev).eval()
+    mult = size_multiple(model)
+    x = np.asarray(image, np.float32) if standardized else standardize(image)
+    H, W = x.shape
+    tile = max(mult, (int(tile) // mult) * mult)
+    overlap = int(min(max(0, overlap), tile // 2))
+    if H <= tile and W <= tile:
+        th, tw = math.ceil(H / mult) * mult, math.ceil(W / mult) * mult
+    else:
+        th = tw = tile
+    ph, pw = max(0, th - H), max(0, tw - W)
+    xp = np.pad(x, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect") if ph or pw else x
+    Hp, Wp = xp.shape
+    rows, cols = _starts(Hp, th, th - overlap), _starts(Wp, tw, tw - overlap)
+    weight = np.outer(_ramp(th, overlap), _ramp(tw, overlap)).astype(np.float32) if len(rows) * len(cols) > 1 \
+        else np.ones((th, tw), np.float32)
+    classes = int(model.hrtem_config.classes)
+    acc = np.zeros((classes, Hp, Wp), np.float32)
+    wsum = np.zeros((Hp, Wp), np.float32)
+    positions = [(r, c) for r in rows for c in cols]
+    with torch.no_grad():
+        for b in range(0, len(positions), batch_size):
+            pos = positions[b:b + batch_size]
+            batch = np.stack([xp[r:r + th, c:c + tw] for r, c in pos])[:, None]
+            t = torch.from_numpy(batch).to(dev)
+            with torch.autocast(device_type=dev.type, enabled=dev.type == "cuda"):
+                logits = model(t)
+            prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            for (r, c), p in zip(pos, prob, strict=True):
+                acc[:, r:r + th, c:c + tw] += p * weight
+                wsum[r:r + th, c:c + tw] += weight
+    acc /= wsum
+    return acc[:, ph // 2:ph // 2 + H, pw // 2:pw // 2 + W]
+
+
+def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw) -> np.ndarray:
+    """Binary particle mask (uint8 0/1) of ``image`` on its own grid.
+
+    When both ``pixel_size`` (Å) and the model's training pixel size are known and differ by more than 1 %,
+    the image is resampled to the model's pixel size first and the probabilities back afterwards.
+    """
+    model_px = getattr(model.hrtem_config, "pixel_size", None)
+    img = np.asarray(image, np.float32)
+    shape = img.shape
+    if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.01:
+        img = resample(img, rescaled_shape(shape, pixel_size, model_px))
+    prob = predict_proba(model, img, **kw)
+    if prob.shape[1:] != shape:
+        prob = np.stack([resample(p, shape) for p in prob])
+    return (np.argmax(prob, axis=0) == 1).astype(np.uint8)
+
+
+CSV_COLUMNS = ["particle", "area_px", "area_A2", "equivalent_diameter_A", "centroid_row", "centroid_col",
+               "centroid_x_A", "centroid_y_A", "touches_border"]
+
+
+def particles_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path | None = None,
+            pixel_size: float | None = None, tile: int = 512, overlap: int = 64,
+            device: str | None = None) -> dict:
+    """Segment a micrograph; optionally write the mask PNG and the per-particle CSV (both or neither).
+
+    ``image``: a path (dm3, dm4, mrc, tif, png, npy) or a 2-D array; ``model``: a model, a local folder or a
+    Hub id (:func:`models.hub.from_pretrained`). ``pixel_size`` (Å) overrides the file's calibration;
+    without either, the model's pixel size is assumed (a warning is printed). The mask PNG holds class
+    indices (0 background, 1 particle; black/white palette); the CSV has one row per connected particle
+    (areas in Å², equivalent diameter in Å, centroids in pixels and Å) and defaults to ``out`` with
+    suffix ``.csv``. Returns ``dict(mask, particles, pixel_size, pixel_size_source, mask_path, csv_path)``.
+    """
+    if isinstance(model, str | Path):
+        from .hub import from_pretrained
+
+        model = from_pretrained(model)
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
+    if isinstance(image, str | Path):
+        img, file_px = read_image(image)
+    else:
+        img, file_px = np.asarray(image, np.float32), None
+        if img.ndim != 2:
+            raise InputError(f"image: expected a 2-D array, got shape {img.shape}")
+    model_px = getattr(model.hrtem_config, "pixel_size", None)
+    if pixel_size:
+        px, source = float(pixel_size), "argument"
+    elif file_px:
+        px, source = float(file_px), "file"
+    else:
+        px, source = model_px, "assumed"
+        if out is not None:
+            print(f"warning: {image if isinstance(image, str | Path) else 'image'} has no pixel-size "
+                  f"calibration; assuming the model's {model_px} Å (pass --pixel-size)", file=sys.stderr)
+    mask = predict_mask(model, img, px, tile=tile, overlap=overlap, device=device)
+    rows = particle_table(mask, px)
+    result = {"mask": mask, "particles": rows, "pixel_size": px, "pixel_size_source": source,
+              "model_pixel_size": model_px, "mask_path": None, "csv_path": None}
+    if out is not None:
+        out = Path(out)
+        csv_path = Path(csv_path) if csv_path is not None else out.with_suffix(".csv")
+        with ExitStack() as stack:  # both files appear together, or neither
+            tmp_mask = stack.enter_context(atomic_path(out))
+            tmp_csv = stack.enter_context(atomic_path(csv_path))
+            tmp_mask.write_bytes(mask_png_bytes(mask))
+            tmp_csv.write_text(particles_csv(rows))
+        result["mask_path"], result["csv_path"] = str(out), str(csv_path)
+    return result
