@@ -442,3 +442,119 @@ def test_cli_unreadable_cif_and_bad_sample(tmp_path, capsys):
     dist.write_text("cell: {x: 60, y: 60}\n")
     code, _, err = _run(["structures", "sample", str(dist), "--n", "0", "--out", str(d)], capsys)
     assert code == 2 and "--n" in err and not d.exists()
+
+
+# ---------------------------------------------------------------- wurtzite (two-species hexagonal) and basal faults
+
+
+def _bilayers(pos, nums, rec, crystal):
+    """Per-atom bilayer index, A/B/C site and height within the bilayer (crystal frame, c along z)."""
+    p = pos @ np.array(rec["rotation"])
+    assert rec["defect_normal"] == [0.0, 0.0, 1.0]
+    h = (p[:, 2] - rec["layer_origin"]) / rec["layer_spacing"]
+    layer = np.floor(h + 1e-6).astype(int)                   # cation at +0, anion at +u·c/d ≈ 0.76
+    frac = np.linalg.solve(crystal.cell[:2, :2].T, p[:, :2].T).T
+    site = np.round(3 * np.mod(frac[:, 0] - frac[:, 1], 1.0)).astype(int) % 3
+    return layer, site, h - layer
+
+
+def test_wurtzite_builtin_defaults_and_stoichiometry():
+    zno = get_crystal("ZnO")
+    a, c, u = 3.2498, 5.2066, 0.3819
+    assert zno.kind == "wurtzite" and zno.stacking == "hcp" and (zno.a, zno.c) == (a, c)
+    assert zno.describe()["u"] == u and zno.describe()["cation"] == "Zn"
+    assert zno.number_density == pytest.approx(4 / (math.sqrt(3) / 2 * a * a * c))
+    assert get_crystal("GaN").c / get_crystal("GaN").a == pytest.approx(1.626, abs=2e-3)
+    assert get_crystal("CdSe").a == pytest.approx(4.30, abs=0.01)
+    d_nn = math.sqrt(a * a / 3 + ((0.5 - u) * c) ** 2)        # basal Zn–O bond (axial one is u·c = 1.988 Å)
+    for shape in ("sphere", "wulff"):
+        pos, nums, rec = _particle(material="ZnO", shape=shape, radius=16.0, orientation="[001]")
+        n_zn, n_o = (nums == 30).sum(), (nums == 8).sum()
+        assert n_zn + n_o == len(pos) and abs(n_zn / n_o - 1) < 0.05
+        expected = zno.number_density * 4 / 3 * math.pi * 16.0**3
+        assert abs(len(pos) - expected) / expected < 0.05
+        d, _ = cKDTree(pos).query(pos, k=2)
+        assert d[:, 1].min() == pytest.approx(d_nn, rel=1e-6)
+    # every interior Zn is tetrahedrally bonded to 4 O at the bulk distances, and vice versa
+    zn, o = pos[nums == 30], pos[nums == 8]
+    inner = np.linalg.norm(zn, axis=1) < 10.0
+    assert all(len(x) == 4 for x in cKDTree(o).query_ball_point(zn[inner], 1.05 * u * c))
+    # twins are rejected for wurtzite (a basal rotation twin is an I1 fault), faults are accepted
+    with pytest.raises(InputError, match="twins"):
+        _particle(material="ZnO", radius=12.0, twins=1)
+
+
+@pytest.mark.parametrize("material,plane", [("ZnO", 1), ("GaN", -2)])
+def test_wurtzite_basal_stacking_fault_i1(material, plane):
+    cr = get_crystal(material)
+    u = cr.describe()["u"]
+    pos, nums, rec = _particle(seed=4, material=material, radius=18.0, stacking_faults=1,
+                               stacking_fault_planes=[plane], orientation="random")
+    layer, site, frac_h = _bilayers(pos, nums, rec, cr)
+    cation, anion = nums == cr.numbers[0], nums != cr.numbers[0]
+    # cations on the layers, anions u·c above them on the SAME site (the Aa, Bb, ... bilayers keep polarity)
+    assert np.abs(frac_h[cation]).max() < 1e-6
+    assert np.allclose(frac_h[anion], u * cr.c / rec["layer_spacing"], atol=1e-6)
+    ks = np.unique(layer)
+    assert np.all(np.diff(ks) == 1)
+    seq = []
+    for k in ks:
+        s = np.unique(site[layer == k])
+        assert len(s) == 1, f"bilayer {k} mixes sites {s}"
+        seq.append(int(s[0]))
+    seq = np.array(seq)
+    i = int(np.nonzero(ks == plane)[0][0])
+    assert np.all(seq[2:i] == seq[: i - 2]) and seq[i - 1] != seq[i - 2]        # AaBbAaBb below
+    assert seq[i] not in (seq[i - 1], seq[i - 2])                               # the fault bilayer: Cc
+    assert np.all(seq[i + 2:] == seq[i:-2]) and seq[i + 1] == seq[i - 1]        # CcBbCcBb above (I1)
+    # Jagodzinski notation: exactly one cubic bilayer (neighbours on different sites), at the fault
+    cubic = np.nonzero(seq[:-2] != seq[2:])[0] + 1
+    assert cubic.tolist() == [i - 1]
+    # stoichiometry and no clashes across the fault
+    assert abs(cation.sum() / anion.sum() - 1) < 0.05
+    d_nn = math.sqrt(cr.a**2 / 3 + ((0.5 - u) * cr.c) ** 2)
+    d, _ = cKDTree(pos).query(pos, k=2)
+    assert d[:, 1].min() >= 0.9 * min(d_nn, u * cr.c)
+    # atoms near the fault plane keep four bonds of bulk length (tetrahedra survive the fault)
+    near = cation & (np.abs(layer - plane) <= 1) & (np.linalg.norm(pos, axis=1) < 12.0)
+    nb = cKDTree(pos[anion]).query_ball_point(pos[near], 1.05 * max(d_nn, u * cr.c))
+    assert near.sum() > 20 and all(len(x) == 4 for x in nb)
+
+
+def test_wurtzite_from_cif_and_sampling(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    a, c, u = 3.189, 5.1855, 0.377
+    cif = tmp_path / "GaN.cif"
+    Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(a, c), ["Ga", "N"],
+                              [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, u]]).to(filename=str(cif))
+    cr = get_crystal(str(cif))
+    assert cr.kind == "wurtzite" and cr.a == pytest.approx(a) and cr.c == pytest.approx(c)
+    assert cr.describe()["cation"] == "Ga" and cr.describe()["u"] == pytest.approx(u, abs=1e-6)
+    # same structure listed anion first with another origin: still cation-referenced, same u
+    rev = tmp_path / "GaN_rev.cif"
+    Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(a, c), ["N", "Ga"],
+                              [[1 / 3, 2 / 3, 0.1], [1 / 3, 2 / 3, 0.1 + 1 - u]]).to(filename=str(rev))
+    assert get_crystal(str(rev)).describe()["u"] == pytest.approx(u, abs=1e-6)
+    # an elemental hcp CIF becomes an hcp crystal (basal faults allowed)
+    mg = tmp_path / "Mg.cif"
+    Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.209, 5.211), ["Mg"], [[1 / 3, 2 / 3, 0.25]]).to(
+        filename=str(mg))
+    assert get_crystal(str(mg)).kind == "hcp" and get_crystal(str(mg)).layer_spacing == pytest.approx(5.211 / 2)
+    pos, nums, rec = _particle(material=str(cif), radius=15.0, stacking_faults=1, stacking_fault_planes=[0])
+    assert rec["stacking_fault_planes"] == [0] and abs((nums == 31).sum() / (nums == 7).sum() - 1) < 0.05
+    # rock salt is not layered hexagonal: still "other", defects rejected
+    mgo = tmp_path / "MgO.cif"
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.211), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(
+        filename=str(mgo))
+    assert get_crystal(str(mgo)).kind == "other"
+    with pytest.raises(InputError, match="wurtzite"):
+        _particle(material=str(mgo), radius=10.0, stacking_faults=1)
+    # distributions over wurtzite materials: twins become basal stacking faults
+    dist = StructureDistributionSpec.model_validate(
+        {"cell": {"x": 100, "y": 100}, "n_particles": {"min": 2, "max": 2},
+         "particles": {"materials": {"values": ["ZnO", "CdSe"]}, "radius": {"min": 12, "max": 14},
+                       "twins": {"min": 1, "max": 1}, "stacking_faults": {"min": 0, "max": 1}}})
+    for s in range(3):
+        for p in sample_scene_spec(dist, s).particles:
+            assert p.twins == 0 and 1 <= p.stacking_faults <= 2

@@ -14,6 +14,9 @@ hcp (basal (0001) planes), perfect stacking ABAB: s[i+1] = s[i-1].
 * A **basal intrinsic stacking fault** (I1) at layer k puts layer k on the third site
   (…ABAB|CBCB…): s[k] = 3 - s[k-1] - s[k-2], then the hcp rule continues.
 
+wurtzite (cation–anion bilayers Aa, Bb, Cc on the hcp sites): the same sequences apply to the bilayers,
+so an I1 fault reads …AaBbAaBb|CcBbCc… — one bilayer changes site, every bilayer keeps its polarity.
+
 Defect positions are layer indices relative to the layer through the particle centre (layer 0).
 """
 

@@ -73,7 +73,8 @@ def build_particle(spec, rng: np.random.Generator, index: int = 0) -> tuple[np.n
         raise InputError(f"{where}.{exc}" if str(exc).startswith("material") else str(exc)) from None
     rec: dict = {"material": spec.material, "crystal": crystal.describe(), "shape": spec.shape,
                  "radius": float(spec.radius), "twins": int(spec.twins), "stacking_faults": int(spec.stacking_faults),
-                 "twin_planes": [], "stacking_fault_planes": [], "defect_normal": None, "layer_spacing": None}
+                 "twin_planes": [], "stacking_fault_planes": [], "defect_normal": None, "layer_spacing": None,
+                 "layer_origin": None}
     n_def = spec.twins + spec.stacking_faults
 
     if spec.shape in ("decahedron", "icosahedron"):
@@ -87,12 +88,14 @@ def build_particle(spec, rng: np.random.Generator, index: int = 0) -> tuple[np.n
         if spec.shape == "decahedron":
             rec["marks_reentrance"] = int(spec.marks_reentrance)
         direction = lambda uvw: np.asarray(uvw, float) / np.linalg.norm(uvw)  # noqa: E731
-    elif n_def or crystal.kind in ("fcc", "hcp"):
-        if n_def and crystal.kind not in ("fcc", "hcp"):
-            raise InputError(f"{where}: twins/stacking faults need an fcc or hcp crystal, {spec.material!r} "
-                             f"is {crystal.kind}")
-        if spec.twins and crystal.kind == "hcp":
-            raise InputError(f"{where}.twins: only basal stacking faults are supported for hcp")
+    elif n_def or crystal.stacking is not None:
+        if n_def and crystal.stacking is None:
+            raise InputError(f"{where}: twins/stacking faults need an fcc, hcp or wurtzite crystal, "
+                             f"{spec.material!r} is {crystal.kind}")
+        if spec.twins and crystal.stacking == "hcp":
+            # a (0001) rotation twin of hcp/wurtzite is the same single cubic layer as an I1 fault
+            raise InputError(f"{where}.twins: only basal stacking faults are supported for {crystal.kind} "
+                             "(a basal rotation twin is an I1 stacking fault)")
         d = crystal.layer_spacing
         rb = _bounding_radius(spec, crystal)
         extent = float(spec.radius) if spec.shape == "sphere" else \
@@ -114,20 +117,24 @@ def build_particle(spec, rng: np.random.Generator, index: int = 0) -> tuple[np.n
         for name, planes in (("twin_planes", twins), ("stacking_fault_planes", faults)):
             if any(abs(int(k)) > n_half - 2 for k in planes):
                 raise InputError(f"{where}.{name}: layer indices must lie within ±{n_half - 2} for this particle")
-        if crystal.kind == "fcc":
+        if crystal.stacking == "fcc":
             seq = fcc_sequence(n_layers, layer0, twins, faults)
             variant = int(rng.integers(4)) if n_def else 0
             to_crystal = FCC_VARIANTS[variant]
         else:
             seq = hcp_sequence(n_layers, layer0, faults)
             to_crystal = np.eye(3)
-        pos = stacked_lattice(crystal, rb, seq, layer0) @ to_crystal.T
+        # cut about the centre of the layer motif (wurtzite: mid axial bond): a perfect sphere is then
+        # exactly stoichiometric, as the hcp sublattices are mirror-symmetric about a basal layer
+        centre = float(crystal.layer_motif[0].mean())
+        pos, nums = stacked_lattice(crystal, rb, seq, layer0, centre=centre)
+        pos = pos @ to_crystal.T
         keep, info = _cut(pos, spec, crystal, rng)
-        pos = pos[keep]
-        nums = np.full(len(pos), crystal.numbers[0])
+        pos, nums = pos[keep], nums[keep]
         rec.update(info)
         rec.update(twin_planes=sorted(int(k) for k in twins), stacking_fault_planes=sorted(int(k) for k in faults),
-                   defect_normal=[round(float(x), 12) for x in to_crystal[:, 2]], layer_spacing=float(d))
+                   defect_normal=[round(float(x), 12) for x in to_crystal[:, 2]], layer_spacing=float(d),
+                   layer_origin=-centre)
         direction = crystal.direction
     else:
         from .crystals import fill_lattice

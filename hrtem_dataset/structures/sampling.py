@@ -4,7 +4,8 @@ Per-scene seeds are ``derive_seed(root, "structure", index)``; everything drawn 
 ``rng(scene_seed, "scene-spec")``, so scene ``i`` can be re-drawn alone. Particles are drawn one by one
 (material, shape, radius, defects, orientation, tilt). Defects: either ``defects`` (total, uniform, each a
 twin with probability ``twin_fraction``) or independent ``twins`` and ``stacking_faults`` counts, capped by
-``max_defects``; multiply twinned shapes and non-fcc/hcp crystals get none, hcp gets basal faults only) and
+``max_defects``; multiply twinned shapes and non-fcc/hcp/wurtzite crystals get none, hcp and wurtzite get
+basal faults only) and
 placed at concrete xy centres with random sequential placement using each shape's circumradius (an upper
 bound of the built particle's); a particle that finds no room after 4000 candidate centres is dropped and
 the number of dropped particles is recorded by :func:`sample_scene`.
@@ -57,10 +58,10 @@ def _draw(dist: StructureDistributionSpec, seed: int) -> tuple[SceneSpec, int]:
             faults = pd.stacking_faults.sample(r)
         orientation = str(pd.orientation.sample(r))
         tilt = float(sample_param(pd.tilt_mrad, r))
-        kind = get_crystal(material).kind
-        if shape in ("decahedron", "icosahedron") or kind not in ("fcc", "hcp"):
+        stacking = get_crystal(material).stacking
+        if shape in ("decahedron", "icosahedron") or stacking is None:
             twins = faults = 0
-        if kind == "hcp":  # hcp: basal stacking faults only
+        if stacking == "hcp":  # hcp and wurtzite: basal stacking faults only
             faults, twins = faults + twins, 0
         if twins + faults:  # never more planes than fit the particle at the minimum spacing
             cap = max_defect_planes(radius, get_crystal(material).layer_spacing, pd.defect_min_spacing)

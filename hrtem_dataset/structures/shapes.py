@@ -17,6 +17,7 @@ The circumradius (largest centre distance, used to keep particles apart) is repo
 * ``wulff``: Wulff construction (pymatgen :class:`~pymatgen.analysis.wulff.WulffShape`) from surface
   energies per facet family (symmetry-equivalent facets from the crystal's point group); the polyhedron of
   volume 4/3·π·r³ bounds the lattice that is generated. Facet keys: ``"111"``, ``"100"``, ``"1,1,0"``, hcp ``"10-10"``/``"0001"``.
+  Wurtzite defaults: nonpolar prism facets {10-10}, {11-20} below the polar basal (0001) ones.
 * ``decahedron`` / ``icosahedron``: multiply twinned particles of fcc metals. ASE builds a strained
   template (Ino/Marks decahedron: five twinned tetrahedral segments about the five-fold axis, which is
   along z; Mackay icosahedron: twenty segments) a bit larger than needed; the template's convex hull (per
@@ -39,6 +40,8 @@ DEFAULT_SURFACE_ENERGIES = {
     "fcc": {"111": 1.0, "100": 1.15, "110": 1.25},
     "bcc": {"110": 1.0, "100": 1.12, "211": 1.18},
     "hcp": {"0001": 1.0, "10-10": 1.1, "10-11": 1.15},
+    # nonpolar prism facets lowest, polar basal facets highest (as DFT finds for ZnO); ratios assumed
+    "wurtzite": {"10-10": 1.0, "11-20": 1.05, "0001": 1.3},
 }
 """Relative surface energies (dimensionless; only ratios matter) used when a Wulff spec gives none."""
 
