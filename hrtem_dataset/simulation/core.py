@@ -1,0 +1,214 @@
+"""Public simulation API: exit waves of ASE structures with interchangeable engines.
+
+All engines share the conventions of :mod:`.torch_engine` (grid ``ceil(L / sampling)``, slices of
+``L_z / ceil(L_z / slice_thickness)``, infinite projection, plane-wave illumination along +z, vacuum
+|ψ| = 1, arrays indexed [x, y], complex64) and the same frozen-phonon configurations
+(:mod:`.phonons`, seeded by ``derive_seed(seed, "phonons", i)``), so engines agree wave by wave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from ..errors import InputError
+from .phonons import displaced_positions
+from .potentials import PARAMETRIZATIONS
+
+ENGINES = ("torch", "abtem", "prismatic")
+
+
+def _check_atoms(atoms: Any, what: str = "atoms") -> np.ndarray:
+    if not isinstance(atoms, Atoms):
+        raise InputError(f"{what}: expected an ase.Atoms object, got {type(atoms).__name__}")
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    lengths = np.diag(cell)
+    if np.any(np.abs(cell - np.diag(lengths)) > 1e-8 * max(1.0, float(np.abs(cell).max()))):
+        raise InputError(f"{what}: cell must be orthorhombic (axis-aligned), got {cell.tolist()}")
+    if np.any(lengths <= 0) or not np.all(np.isfinite(lengths)):
+        raise InputError(f"{what}: cell lengths must be > 0 Å, got {lengths.tolist()}")
+    if len(atoms) and not np.all(np.isfinite(atoms.positions)):
+        raise InputError(f"{what}: positions must be finite")
+    return lengths
+
+
+def _check_settings(energy: float, sampling: float, slice_thickness: float, parametrization: str,
+                    engine: str, phonons: int) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"engine: unknown {engine!r} (choose from {', '.join(ENGINES)})")
+    if parametrization not in PARAMETRIZATIONS:
+        raise InputError(f"parametrization: unknown {parametrization!r} (choose from {', '.join(PARAMETRIZATIONS)})")
+    if not (np.isfinite(energy) and energy >= 1e3):
+        raise InputError(f"energy: must be >= 1000 eV, got {energy}")
+    if not (np.isfinite(sampling) and 0 < sampling <= 5.0):
+        raise InputError(f"sampling: must be in (0, 5] Å, got {sampling}")
+    if not (np.isfinite(slice_thickness) and slice_thickness > 0):
+        raise InputError(f"slice_thickness: must be > 0 Å, got {slice_thickness}")
+    if int(phonons) != phonons or phonons < 0:
+        raise InputError(f"phonons: must be an integer >= 0, got {phonons}")
+
+
+def _configurations(atoms: Atoms, phonons: int, seed: int, rms) -> np.ndarray:
+    """(P, N, 3) positions: the static lattice when ``phonons == 0``, else frozen-phonon draws."""
+    if phonons == 0:
+        return np.asarray(atoms.positions, dtype=np.float64)[None]
+    return displaced_positions(atoms.positions, atoms.numbers, int(phonons), int(seed), rms)
+
+
+def engine_version(engine: str) -> str:
+    """A version string for the engine (recorded with every wave as lineage)."""
+    if engine == "torch":
+        import torch
+
+        from .. import __version__
+
+        return f"hrtem_dataset-{__version__}+torch-{torch.__version__}"
+    if engine == "abtem":
+        from .abtem_engine import abtem_version
+
+        return f"abtem-{abtem_version()}"
+    if engine == "prismatic":
+        from .prismatic_engine import prismatic_version
+
+        return f"pyprismatic-{prismatic_version()}"
+    raise InputError(f"engine: unknown {engine!r}")
+
+
+def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300e3, sampling: float = 0.1,
+                        slice_thickness: float = 2.0, parametrization: str = "lobato", engine: str = "torch",
+                        phonons: int = 0, seed: int | Sequence[int] = 0, device: str = "cpu",
+                        rms: Mapping[str, float] | float | None = None, max_memory: int | None = None,
+                        structure_factors: str = "nufft") -> list[np.ndarray]:
+    """Batched exit waves: one complex64 array per structure, (nx, ny) or (phonons, nx, ny).
+
+    All phonon configurations of all structures that share a cell run through the torch engine as one
+    batch (memory-bounded by ``max_memory`` bytes). ``seed`` is one int for all structures or one per
+    structure; configuration i of a structure uses ``derive_seed(seed, "phonons", i)``. ``rms``
+    overrides the per-element RMS displacements (Å, see :func:`.phonons.default_rms_displacement`).
+    ``structure_factors`` (torch engine only): "nufft" (default), "exact" (1.5× oversampled gridding) or
+    "bilinear" (abTEM's discretisation), see :class:`.torch_engine._Tables`.
+    """
+    single = isinstance(structures, Atoms)
+    items = [structures] if single else list(structures)
+    _check_settings(energy, sampling, slice_thickness, parametrization, engine, phonons)
+    seeds = [int(seed)] * len(items) if isinstance(seed, int | np.integer) else [int(s) for s in seed]
+    if len(seeds) != len(items):
+        raise InputError(f"seed: {len(seeds)} seeds for {len(items)} structures")
+    cells = [_check_atoms(a, f"structures[{i}]") for i, a in enumerate(items)]
+    configs = [_configurations(a, int(phonons), s, rms) for a, s in zip(items, seeds, strict=True)]
+
+    results: list[np.ndarray | None] = [None] * len(items)
+    if engine == "torch":
+        from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
+
+        groups: dict[tuple, list[int]] = {}
+        for i, cell in enumerate(cells):
+            groups.setdefault(tuple(np.round(cell, 10)), []).append(i)
+        for cell, members in groups.items():
+            specimens = []
+            for i in members:
+                specimens += waves_from_arrays(configs[i], items[i].numbers)
+            waves = multislice(specimens, cell, sampling, energy, slice_thickness, parametrization, device,
+                               max_memory or DEFAULT_MAX_MEMORY, structure_factors).cpu().numpy()
+            start = 0
+            for i in members:
+                results[i] = waves[start:start + len(configs[i])]
+                start += len(configs[i])
+    elif engine == "abtem":
+        from .abtem_engine import exit_waves_abtem
+
+        for i, a in enumerate(items):
+            results[i] = exit_waves_abtem(a, configs[i], sampling, energy, slice_thickness, parametrization,
+                                          device)
+    else:
+        from .prismatic_engine import exit_waves_prismatic
+
+        for i, a in enumerate(items):
+            results[i] = exit_waves_prismatic(a, configs[i], sampling, energy, slice_thickness,
+                                              parametrization, phonons=int(phonons), seed=seeds[i], rms=rms)
+    out = []
+    for r in results:
+        r = np.ascontiguousarray(r, dtype=np.complex64)
+        out.append(r if phonons > 0 else r[0])
+    return out
+
+
+def simulate_exit_wave(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1, slice_thickness: float = 2.0,
+                       parametrization: str = "lobato", engine: str = "torch", phonons: int = 0, seed: int = 0,
+                       device: str = "cpu", **kwargs) -> np.ndarray:
+    """Exit wave of ``atoms`` (CONTRACT.md): complex64 (nx, ny), or (phonons, nx, ny) when phonons > 0.
+
+    Plane-wave illumination along +z, energy in eV, sampling and slice thickness in Å; the wave is at the
+    exit surface (bottom of the cell), normalised so that vacuum has |ψ| = 1; ``gpts = ceil(cell /
+    sampling)`` per axis, indexed [x, y] as in abTEM. ``device``: "cpu", "cuda" or "auto".
+    """
+    return simulate_exit_waves(atoms, energy, sampling, slice_thickness, parametrization, engine, phonons,
+                               seed, device, **kwargs)[0]
+
+
+def particle_only(atoms: Atoms) -> Atoms:
+    """The atoms with ``particle_id >= 0`` in the same cell (static lattice, for labels)."""
+    if "particle_id" not in atoms.arrays:
+        raise InputError("atoms: missing per-atom array 'particle_id' (write scenes with the structures module)")
+    keep = np.asarray(atoms.arrays["particle_id"]) >= 0
+    return atoms[keep]
+
+
+def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Full-scene waves (with phonons) and particle-only waves (static) for one scene (CONTRACT.md).
+
+    ``spec`` is a :class:`~hrtem_dataset.specs.SimulationSpec`; ``device="auto"`` uses CUDA when available.
+    Returns ``scene`` complex64 (P, nx, ny) with P = max(phonons, 1), ``particles`` complex64 (nx, ny),
+    ``sampling`` (Δx, Δy) Å, ``energy`` eV, ``engine``, ``engine_version``, ``gpts``, and the settings.
+    With the torch engine both passes run as one batch.
+    """
+    from .torch_engine import resolve_device
+
+    cell = _check_atoms(atoms)
+    device = str(resolve_device(spec.device)) if spec.engine == "torch" else (
+        "cuda" if spec.device == "auto" and _cuda_available() else ("cpu" if spec.device == "auto" else spec.device))
+    particles = particle_only(atoms)
+    kwargs = dict(energy=spec.energy, sampling=spec.sampling, slice_thickness=spec.slice_thickness,
+                  parametrization=spec.parametrization, engine=spec.engine, device=device, rms=rms)
+    if spec.engine == "torch":
+        from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
+
+        _check_settings(spec.energy, spec.sampling, spec.slice_thickness, spec.parametrization, "torch",
+                        spec.phonons)
+        configs = _configurations(atoms, spec.phonons, seed, rms)
+        specimens = waves_from_arrays(configs, atoms.numbers)
+        specimens += waves_from_arrays(particles.positions, particles.numbers)
+        waves = multislice(specimens, cell, spec.sampling, spec.energy, spec.slice_thickness,
+                           spec.parametrization, device, DEFAULT_MAX_MEMORY).cpu().numpy()
+        scene, part = waves[:-1], waves[-1]
+    else:
+        scene = simulate_exit_wave(atoms, phonons=spec.phonons, seed=seed, **kwargs)
+        scene = scene if spec.phonons > 0 else scene[None]
+        part = simulate_exit_wave(particles, phonons=0, seed=seed, **kwargs)
+    return {
+        "scene": np.ascontiguousarray(scene, dtype=np.complex64),
+        "particles": np.ascontiguousarray(part, dtype=np.complex64),
+        "sampling": (float(cell[0] / scene.shape[-2]), float(cell[1] / scene.shape[-1])),
+        "energy": float(spec.energy),
+        "engine": spec.engine,
+        "engine_version": engine_version(spec.engine),
+        "gpts": tuple(int(g) for g in scene.shape[-2:]),
+        "slice_thickness": float(spec.slice_thickness),
+        "parametrization": spec.parametrization,
+        "phonons": int(spec.phonons),
+        "seed": int(seed),
+        "device": device,
+        "cell": tuple(float(c) for c in cell),
+    }
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover
+        return False

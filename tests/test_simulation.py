@@ -1,0 +1,341 @@
+"""Exit-wave simulation: potentials, torch multislice vs abTEM and textbook numbers, phonons, Prismatic
+conventions, the ``hrtem simulate`` CLI. Small grids (≤ 512²) so the file runs in ~1–2 min on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.simulation import (
+    default_rms_displacement,
+    get_parametrization,
+    interaction_parameter,
+    simulate_exit_wave,
+    simulate_exit_waves,
+    simulate_scene,
+)
+from hrtem_dataset.simulation import prismatic_engine as pe
+from hrtem_dataset.simulation import torch_engine as te
+from hrtem_dataset.specs import SimulationSpec
+
+abtem = pytest.importorskip("abtem")
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def small_scene(cell: float = 20.0, carbon: float = 8.0, radius: float = 5.0, seed: int = 1) -> Atoms:
+    """Random a-C slab (2 g/cm³) with an fcc Au cluster above it and vacuum gaps (empty slices)."""
+    rng = np.random.default_rng(seed)
+    n_c = int(0.1003 * cell * cell * carbon)
+    c = rng.uniform([0, 0, 2.0], [cell, cell, 2.0 + carbon], (n_c, 3))
+    au = bulk("Au", "fcc", a=4.078, cubic=True).repeat((4, 4, 4))
+    p = au.positions - au.positions.mean(0)
+    p = p[np.linalg.norm(p, axis=1) < radius] + [cell / 2, cell / 2, 2.0 + carbon + radius + 4.0]
+    atoms = Atoms(["C"] * n_c + ["Au"] * len(p), positions=np.vstack([c, p]),
+                  cell=[cell, cell, 2.0 + carbon + 2 * radius + 8.0], pbc=True)
+    atoms.set_array("particle_id", np.r_[-np.ones(n_c, int), np.zeros(len(p), int)].astype(np.int32))
+    return atoms
+
+
+def abtem_wave(atoms, sampling, parametrization="lobato", energy=300e3, slice_thickness=2.0):
+    pot = abtem.Potential(atoms, sampling=sampling, slice_thickness=slice_thickness, projection="infinite",
+                          parametrization=parametrization)
+    return abtem.PlaneWave(energy=energy).multislice(pot).compute(progress_bar=False).array
+
+
+# ------------------------------------------------------------------------------------------------
+# potentials
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,cls", [("lobato", "LobatoParametrization"), ("kirkland", "KirklandParametrization")])
+def test_parametrizations_match_published_functions(name, cls):
+    mine = get_parametrization(name)
+    ref = getattr(abtem.parametrizations, cls)()
+    k2 = np.linspace(0.0, 12.0, 40) ** 2
+    r = np.linspace(0.05, 4.0, 40)
+    for symbol in ["H", "C", "Si", "Cu", "Au", "U"]:
+        np.testing.assert_allclose(mine.scattering_factor(symbol, k2), ref.scattering_factor(symbol)(k2), rtol=1e-5)
+        np.testing.assert_allclose(mine.projected_form_factor(symbol, k2),
+                                   ref.projected_scattering_factor(symbol)(k2.astype(np.float32)), rtol=1e-4)
+        np.testing.assert_allclose(mine.projected_potential(symbol, r), ref.projected_potential(symbol)(r), rtol=1e-5)
+        np.testing.assert_allclose(mine.potential(symbol, r), ref.potential(symbol)(r), rtol=1e-5)
+    assert all(s in mine.symbols for s in ["H", "C", "O", "Fe", "Au", "Pb", "U"])  # Z = 1..92 (and more)
+    with pytest.raises(InputError, match="Xx"):
+        mine.parameters("Xx")
+
+
+@pytest.mark.parametrize("mode,band", [("exact", 0.5), ("nufft", 1 / 3)])
+def test_structure_factors_are_exact(mode, band):
+    """NUFFT gridding = the direct sum Σ exp(−2πi k·r) to ~1e-4: on the whole grid band ("exact",
+    1.5× oversampled) or inside the antialias band |k| < (2/3)·k_Nyquist ("nufft", the default)."""
+    rng = np.random.default_rng(0)
+    grid = te.Grid.from_sampling((9.6, 8.0), 0.1)
+    pos = np.c_[rng.uniform(0, 9.6, 60), rng.uniform(0, 8.0, 60), np.zeros(60)]
+    tables = te._Tables(grid, 300e3, "lobato", te.resolve_device("cpu"), mode)
+    spec = te._gridded_spectrum(pos, np.array([0, 60]), tables)[0].numpy().astype(np.complex128)
+    got = spec * tables._deconv * grid.sampling[0] * grid.sampling[1]
+    kx = np.fft.fftfreq(grid.gpts[0], grid.sampling[0])
+    ky = np.fft.rfftfreq(grid.gpts[1], grid.sampling[1])
+    exact = np.exp(-2j * np.pi * pos[:, 0, None] * kx)[:, :, None] * np.exp(-2j * np.pi * pos[:, 1, None] * ky)[:, None]
+    exact = exact.sum(0)
+    inside = np.hypot(kx[:, None] * 0.1, ky[None] * 0.1) < band * 0.999
+    assert np.abs(got - exact)[inside].max() / math.sqrt(60) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["lobato", "kirkland"])
+def test_projected_potential_matches_analytic(name):
+    """Fourier-space construction = analytic v_z(r) (with periodic images) away from the core."""
+    param = get_parametrization(name)
+    cell, s = 8.0, 0.02
+    for symbol, z in [("C", 6), ("Au", 79)]:
+        v = te.projected_potential(np.array([[4.0, 4.0, 0.5]]), [z], [cell, cell, 1.0], s, name, "exact")[:, 200]
+        x = np.arange(len(v)) * s
+        va = sum(param.projected_potential(symbol, np.sqrt((x - 4 - i * cell) ** 2 + (j * cell) ** 2) + 1e-9)
+                 for i in range(-3, 4) for j in range(-3, 4))
+        m = (np.abs(x - 4) > 0.3) & (np.abs(x - 4) < 3.0)
+        assert np.abs(v[m] - va[m]).max() < 5e-3 * va[m].max()
+
+
+# ------------------------------------------------------------------------------------------------
+# multislice physics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_vacuum_has_unit_modulus():
+    empty = Atoms(cell=[12.0, 10.0, 20.0], pbc=True)
+    w = simulate_exit_wave(empty, sampling=0.1)
+    assert w.shape == (120, 100) and w.dtype == np.complex64
+    np.testing.assert_array_equal(np.abs(w), 1.0)
+    # a structure with a vacuum gap: far from the atom the wave stays a plane wave
+    one = Atoms("C", positions=[(6.0, 5.0, 1.0)], cell=[12.0, 10.0, 20.0], pbc=True)
+    assert abs(np.abs(simulate_exit_wave(one)).mean() - 1.0) < 1e-3
+
+
+def test_thin_carbon_slice_is_weak_phase_object():
+    """One C atom in a 0.5 Å slice: exit phase = σ·v_z (analytic Lobato projection) to a few %."""
+    cell = 12.0
+    atoms = Atoms("C", positions=[(6.0, 6.0, 0.25)], cell=[cell, cell, 0.5], pbc=True)
+    w = simulate_exit_wave(atoms, energy=300e3, sampling=0.05, slice_thickness=0.5)
+    phase = np.angle(w[:, 120])
+    x = np.arange(w.shape[0]) * 0.05
+    r = np.abs(x - 6.0)
+    expected = interaction_parameter(300e3) * get_parametrization("lobato").projected_potential("C", r + 1e-9)
+    m = (r > 0.5) & (r < 3.0)
+    phase = phase - phase[r > 5.5].mean() + expected[r > 5.5].mean()  # common offset (mean inner potential)
+    assert np.abs(phase[m] - expected[m]).max() < 0.05 * expected[m].max()
+    assert np.abs(np.abs(w[:, 120])[m] - 1.0).max() < 0.02  # weak object: hardly any amplitude contrast
+
+
+def test_matches_abtem_with_same_discretisation():
+    """Same atoms, grid, slicing and abTEM's bilinear structure factors: agreement to float precision."""
+    atoms = small_scene()
+    for parametrization in ["lobato", "kirkland"]:
+        ref = abtem_wave(atoms, 0.1, parametrization)
+        w = simulate_exit_wave(atoms, sampling=0.1, parametrization=parametrization, structure_factors="bilinear")
+        assert _rel(w, ref) < 1e-3
+    # frozen phonons: the abTEM engine receives the same displaced configurations (AtomsEnsemble)
+    small = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    ab = simulate_exit_wave(small, engine="abtem", phonons=2, seed=9)
+    mine = simulate_exit_wave(small, phonons=2, seed=9, structure_factors="bilinear")
+    assert ab.shape == mine.shape == (2, 100, 100)
+    assert _rel(mine, ab) < 1e-3 and _rel(ab[0], ab[1]) > 1e-2
+
+
+def test_exact_structure_factors_match_abtem_within_one_percent():
+    """Exact structure factors vs abTEM (Lobato, infinite projection) ≤ 1 % relative L2 where abTEM's
+    bilinear interpolation has converged (0.05 Å); at 0.1 Å the difference is abTEM's interpolation."""
+    atoms = small_scene(cell=16.0, carbon=6.0, radius=4.0)
+    ref = abtem_wave(atoms, 0.05)
+    w = simulate_exit_wave(atoms, sampling=0.05)
+    assert _rel(w, ref) <= 0.01
+
+
+def test_kirkland_fig_5_12():
+    """Kirkland (2010) Fig. 5.12: C, Si, Cu, Au, U single atoms, 200 keV, Cs 1.3 mm, Scherzer 700 Å,
+    10.37 mrad aperture: image intensity min 0.72, max 1.03."""
+    atoms = Atoms("CSiCuAuU", positions=[(x, 25.0, 4.0) for x in np.linspace(5, 45, 5)], cell=[50, 50, 8], pbc=True)
+    sampling = 50.0 / 512
+    w = simulate_exit_wave(atoms, energy=200e3, sampling=sampling, slice_thickness=8.0, parametrization="kirkland")
+    assert w.shape == (512, 512)
+    ctf = dict(defocus=700.0, Cs=1.3e7, semiangle_cutoff=10.37)
+    ref = abtem.Waves(w, sampling=sampling, energy=200e3).apply_ctf(**ctf).intensity().array
+    assert round(float(ref.min()), 2) == 0.72 and round(float(ref.max()), 2) == 1.03
+    imaging = pytest.importorskip("hrtem_dataset.imaging")
+    img = imaging.image_intensity(w, sampling=sampling, energy=200e3, **ctf)
+    assert round(float(img.min()), 2) == 0.72 and round(float(img.max()), 2) == 1.03
+
+
+def test_chunking_and_batching_do_not_change_waves():
+    atoms = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    other = small_scene(cell=12.0, carbon=4.0, radius=3.0, seed=7)
+    w1, w2 = simulate_exit_waves([atoms, other], sampling=0.1)
+    np.testing.assert_allclose(w1, simulate_exit_wave(atoms, sampling=0.1), atol=2e-6)
+    tiny = simulate_exit_waves([atoms, other], sampling=0.1, max_memory=1)  # one slice, one wave at a time
+    np.testing.assert_allclose(tiny[0], w1, atol=2e-6)
+    np.testing.assert_allclose(tiny[1], w2, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# frozen phonons
+# ------------------------------------------------------------------------------------------------
+
+
+def test_default_rms_displacements():
+    assert default_rms_displacement("Au") == pytest.approx(math.sqrt(0.6 / (8 * math.pi**2)))
+    assert 0.03 < default_rms_displacement("C") < 0.1
+    assert default_rms_displacement("Og") > 0  # fallback for elements without a tabulated B
+    with pytest.raises(InputError):
+        default_rms_displacement("Qq")
+
+
+def test_phonon_seeds_and_overrides():
+    atoms = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    a = simulate_exit_wave(atoms, phonons=2, seed=3)
+    b = simulate_exit_wave(atoms, phonons=3, seed=3)
+    assert a.shape == (2, 100, 100)
+    np.testing.assert_array_equal(a, simulate_exit_wave(atoms, phonons=2, seed=3))  # same seed -> identical
+    np.testing.assert_allclose(a, b[:2], atol=1e-5)  # configuration i does not depend on how many are drawn
+    assert _rel(simulate_exit_wave(atoms, phonons=2, seed=4), a) > 1e-2  # different seed differs
+    assert _rel(a[1], a[0]) > 1e-2
+    static = simulate_exit_wave(atoms)
+    frozen0 = simulate_exit_wave(atoms, phonons=1, rms=0.0)[0]
+    np.testing.assert_allclose(frozen0, static, atol=1e-6)
+
+
+def test_more_phonon_configurations_reduce_variance_of_mean_image():
+    atoms = bulk("Au", "fcc", a=4.078, cubic=True).repeat((3, 3, 3))
+    waves = simulate_exit_wave(atoms, sampling=0.1, phonons=16, seed=0)
+    images = np.abs(pe.propagate(waves, (0.1223, 0.1223), 300e3, 50.0)) ** 2  # 50 Å underfocus contrast
+    variances = []
+    for n in (1, 4, 16):
+        means = images[: 16 // n * n].reshape(16 // n, n, *images.shape[1:]).mean(1)
+        variances.append(float(np.mean((means - images.mean(0)) ** 2)) if n < 16 else 0.0)
+    assert variances[1] < 0.5 * variances[0]
+    # and the ensemble mean of 16 converges: two disjoint halves agree better than two single configs
+    halves = images[:8].mean(0), images[8:].mean(0)
+    assert np.abs(halves[0] - halves[1]).mean() < 0.5 * np.abs(images[0] - images[1]).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# API, scene, Prismatic conventions, CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def test_simulate_scene_returns_scene_and_particle_waves():
+    atoms = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    spec = SimulationSpec(phonons=2, device="auto")
+    out = simulate_scene(atoms, spec, seed=5)
+    assert out["scene"].shape == (2, 120, 120) and out["scene"].dtype == np.complex64
+    assert out["particles"].shape == (120, 120)
+    assert out["sampling"] == (0.1, 0.1) and out["gpts"] == (120, 120)
+    assert out["engine"] == "torch" and out["engine_version"].startswith("hrtem_dataset")
+    assert out["device"] == "cpu"
+    np.testing.assert_allclose(out["scene"], simulate_exit_wave(atoms, phonons=2, seed=5), atol=2e-6)
+    again = simulate_scene(atoms, spec, seed=5)
+    assert again["scene"].tobytes() == out["scene"].tobytes()  # same spec + seed -> identical bytes
+    particles = atoms[atoms.arrays["particle_id"] >= 0]
+    np.testing.assert_allclose(out["particles"], simulate_exit_wave(particles), atol=2e-6)
+    static = simulate_scene(atoms, SimulationSpec(phonons=0), seed=5)
+    assert static["scene"].shape == (1, 120, 120)
+
+
+def test_bad_inputs_raise_input_error():
+    atoms = small_scene(cell=10.0, carbon=2.0, radius=3.0)
+    with pytest.raises(InputError, match="engine"):
+        simulate_exit_wave(atoms, engine="nope")
+    with pytest.raises(InputError, match="parametrization"):
+        simulate_exit_wave(atoms, parametrization="peng")
+    with pytest.raises(InputError, match="sampling"):
+        simulate_exit_wave(atoms, sampling=-1.0)
+    skewed = atoms.copy()
+    skewed.cell[0, 1] = 1.0
+    with pytest.raises(InputError, match="orthorhombic"):
+        simulate_exit_wave(skewed)
+    with pytest.raises(InputError, match="device"):
+        simulate_exit_wave(atoms, device="tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="cuda"):
+            simulate_exit_wave(atoms, device="cuda")
+
+
+def _write_prismatic_file(path, waves_mid, sampling):
+    import h5py
+
+    with h5py.File(path, "w") as fh:
+        for i, w in enumerate(waves_mid):
+            g = fh.create_group(f"4DSTEM_simulation/data/realslices/HRTEM_fp{i:04d}")
+            g["data"] = w[..., None].astype(np.complex64)
+            g["dim1"] = np.arange(w.shape[0]) * sampling
+            g["dim2"] = np.arange(w.shape[1]) * sampling
+
+
+def test_prismatic_output_conversion(tmp_path):
+    """A file in Prismatic's layout (mid-thickness-referenced waves) converts back to our exit waves."""
+    atoms = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    thickness = float(atoms.cell[2, 2])
+    exit_waves = simulate_exit_wave(atoms, phonons=2, seed=0)
+    mid = pe.propagate(exit_waves, (0.1, 0.1), 300e3, -thickness / 2)  # what Prismatic writes
+    _write_prismatic_file(tmp_path / "out.h5", mid, 0.1)
+    waves, sampling = pe.read_hrtem_output(tmp_path / "out.h5")
+    assert waves.shape == (2, 120, 120) and sampling == pytest.approx((0.1, 0.1))
+    np.testing.assert_allclose(pe.to_exit_surface(waves, sampling, 300e3, thickness), exit_waves, atol=1e-5)
+    # defocus conventions: Prismatic C1 (= +C10 at mid-thickness) reproduces our defocus (= −C10 at exit)
+    df = 120.0
+    ours = pe.propagate(exit_waves[0], (0.1, 0.1), 300e3, -df)
+    theirs = pe.propagate(mid[0], (0.1, 0.1), 300e3, pe.prismatic_c1(df, thickness))
+    np.testing.assert_allclose(np.abs(theirs) ** 2, np.abs(ours) ** 2, atol=1e-4)
+    # half-resolution output: Fourier resampling between grids keeps the band-limited wave
+    up = pe.fourier_resample(exit_waves[0], (240, 240))
+    np.testing.assert_allclose(pe.fourier_resample(up, (120, 120)), exit_waves[0], atol=1e-5)
+    settings = pe.prismatic_settings("a.xyz", "b.h5", atoms.cell.lengths(), 0.1, 300e3, 2.0)
+    assert settings["algorithm"] == "hrtem" and settings["E0"] == 300.0
+    assert settings["realspacePixelSizeX"] == 0.05 and settings["saveComplexOutputWave"] is True
+    assert settings["sliceThickness"] == pytest.approx(thickness / math.ceil(thickness / 2.0))
+    with pytest.raises(InputError, match="HRTEM"):
+        import h5py
+
+        with h5py.File(tmp_path / "empty.h5", "w") as fh:
+            fh.create_group("4DSTEM_simulation/data/realslices")
+        pe.read_hrtem_output(tmp_path / "empty.h5")
+
+
+@pytest.mark.skipif(not pe.available(), reason="pyprismatic >= 2 not installed (conda-forge only)")
+def test_prismatic_live_run_matches_torch():  # pragma: no cover - needs pyprismatic
+    atoms = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    w = simulate_exit_wave(atoms, engine="prismatic", parametrization="kirkland")
+    ref = simulate_exit_wave(atoms, parametrization="kirkland")
+    assert _rel(w, ref) < 0.05
+
+
+def test_cli_simulate(tmp_path):
+    from hrtem_dataset.cli import main
+    from hrtem_dataset.structures import write_extxyz
+
+    atoms = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    write_extxyz(atoms, tmp_path / "scene.extxyz")
+    out = tmp_path / "waves.npz"
+    assert main(["simulate", str(tmp_path / "scene.extxyz"), "--out", str(out), "--phonons", "2",
+                 "--seed", "1"]) == 0
+    with np.load(out) as data:
+        assert data["scene"].shape == (2, 100, 100) and data["particles"].shape == (100, 100)
+        settings = json.loads(str(data["settings"]))
+        np.testing.assert_allclose(data["scene"], simulate_exit_wave(atoms, phonons=2, seed=1), atol=2e-6)
+    assert settings["engine"] == "torch" and settings["spec"]["phonons"] == 2 and settings["seed"] == 1
+    bad = tmp_path / "bad.npz"
+    assert main(["simulate", str(tmp_path / "missing.extxyz"), "--out", str(bad)]) == 2
+    assert main(["simulate", str(tmp_path / "scene.extxyz"), "--out", str(bad), "--sampling", "-1"]) == 2
+    assert main(["simulate", str(tmp_path / "scene.extxyz"), "--out", str(bad), "--engine", "x"]) == 2
+    (tmp_path / "junk.extxyz").write_text("not an extxyz\n")
+    assert main(["simulate", str(tmp_path / "junk.extxyz"), "--out", str(bad)]) == 2
+    assert not bad.exists() and not list(tmp_path.glob(".bad.npz*"))
