@@ -184,6 +184,19 @@ def test_chunking_and_batching_do_not_change_waves():
     np.testing.assert_allclose(tiny[1], w2, atol=2e-6)
 
 
+def test_result_does_not_depend_on_previous_calls():
+    """Regression: cached propagators must be keyed by Δz, which differs between cell heights."""
+    a = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    b = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    b.cell[2, 2] += 1.3  # same grid, same number of slices, different Δz
+    te._TABLE_CACHE.clear()
+    fresh = simulate_exit_wave(b, sampling=0.1)
+    te._TABLE_CACHE.clear()
+    simulate_exit_wave(a, sampling=0.1)
+    after_a = simulate_exit_wave(b, sampling=0.1)
+    np.testing.assert_array_equal(after_a, fresh)
+
+
 # ------------------------------------------------------------------------------------------------
 # frozen phonons
 # ------------------------------------------------------------------------------------------------

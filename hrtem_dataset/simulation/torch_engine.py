@@ -202,7 +202,7 @@ class _Tables:
         self._deconv = 1.0 / (grid.sampling[0] * grid.sampling[1] * kernel_ft)
         self._form: dict[str, torch.Tensor] = {}
         self.aperture = torch.as_tensor(antialias_aperture(grid), dtype=torch.complex64, device=device)
-        self._props: dict[int, torch.Tensor] = {}
+        self._props: dict[tuple[int, float], torch.Tensor] = {}
 
     def form_factors(self, symbols: Sequence[str]) -> torch.Tensor:
         """(S, nx, ny//2+1) complex64 (real values): C f_s(k) / (Δx Δy Φ̂), the per-element multiplier."""
@@ -214,8 +214,11 @@ class _Tables:
 
     def propagator(self, steps: int, dz: float) -> torch.Tensor:
         """P(steps·Δz)·A^steps: ``steps`` slice propagations in one (identical to stepping one by one)."""
-        key = int(steps)
+        # keyed by the propagation distance too: Δz = cell height / n slices differs between structures
+        key = (int(steps), float(dz))
         if key not in self._props:
+            while len(self._props) >= 32:  # bounded: a dataset sees many different Δz
+                self._props.pop(next(iter(self._props)))
             p = fresnel_propagator(self.grid, self.energy, steps * dz) * antialias_aperture(self.grid) ** (steps - 1)
             self._props[key] = torch.as_tensor(p, dtype=torch.complex64, device=self.device)
         return self._props[key]
