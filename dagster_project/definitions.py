@@ -1,0 +1,113 @@
+"""Dagster definitions: one asset group per dataset configuration YAML.
+
+Load with ``dagster dev -m dagster_project`` (or ``dagster definitions validate -m dagster_project``).
+Which YAMLs: ``$HRTEM_CONFIGS`` (files or folders, ``os.pathsep``-separated), else ``./configs``, else the
+``configs/`` folder of the source checkout. Environment knobs (all optional):
+
+- ``HRTEM_HOME`` workspace root; ``HRTEM_ENGINE`` / ``HRTEM_DEVICE`` simulation engine and device;
+- ``HRTEM_PUBLISH_DIR``, ``HRTEM_DATASET_REPO_ID``, ``HRTEM_MODEL_REPO_ID``, ``HF_TOKEN`` publishing;
+- ``HRTEM_EXECUTOR``: ``multiprocess`` (default; ``execution: {config: {in_process: {}}}`` in run config
+  switches a run to in-process), ``in_process`` or ``dask`` (dagster-dask: ``HRTEM_DASK_ADDRESS`` of an
+  existing scheduler, else a ``LocalCluster`` of ``HRTEM_DASK_WORKERS`` processes). On Kubernetes, use
+  dagster-k8s's ``k8s_job_executor`` (one pod per step) or the ``K8sRunLauncher`` instead: the assets
+  need nothing else, partitions are independent units of work.
+
+Jobs per group ``g``: ``g_plan`` (structure_specs), ``g_shards`` (structures → exit_waves → imaged_samples,
+one run per shard partition; a backfill runs them in parallel) and ``g_publish`` (dataset_splits and
+everything downstream). "Materialize all" on the group in the UI launches the same as one backfill.
+The multislice steps share the concurrency pool ``hrtem_simulation``
+(``dagster instance concurrency set hrtem_simulation 1`` keeps one simulation on a single GPU at a time);
+with dagster-dask the pool is left out (dagster-dask cannot ship runs that carry pool records).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+from hrtem_dataset.errors import InputError
+
+from .assets import PARTITIONED, SIMULATION_POOL, DatasetConfigSource, build_config_assets, discover_configs
+from .resources import default_resources
+
+EXECUTORS = ("multiprocess", "in_process", "dask")
+
+
+def default_config_paths() -> list[Path]:
+    env = os.environ.get("HRTEM_CONFIGS")
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    for cand in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
+        if cand.is_dir():
+            return [cand]
+    return []
+
+
+def executor_for(name: str | None = None) -> dg.ExecutorDefinition:
+    """The executor named ``name`` (default ``$HRTEM_EXECUTOR`` or ``multiprocess``)."""
+    name = name or os.environ.get("HRTEM_EXECUTOR") or "multiprocess"
+    if name == "multiprocess":
+        return dg.multi_or_in_process_executor
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "dask":
+        from dagster_dask import dask_executor
+
+        address = os.environ.get("HRTEM_DASK_ADDRESS")
+        if address:
+            return dask_executor.configured({"cluster": {"existing": {"address": address}}}, name="dask")
+        workers = int(os.environ.get("HRTEM_DASK_WORKERS") or 2)
+        return dask_executor.configured({"cluster": {"local": {"n_workers": workers, "processes": True}}},
+                                        name="dask")
+    raise InputError(f"HRTEM_EXECUTOR: unknown executor {name!r} (expected one of {', '.join(EXECUTORS)})")
+
+
+def group_jobs(src: DatasetConfigSource) -> list[dg.UnresolvedAssetJobDefinition]:
+    g = src.group
+    shards = dg.AssetSelection.assets(*[dg.AssetKey([g, n]) for n in PARTITIONED])
+    plan = dg.AssetSelection.assets(dg.AssetKey([g, "structure_specs"]))
+    publish = dg.AssetSelection.assets(dg.AssetKey([g, "dataset_splits"])).downstream()
+    return [
+        dg.define_asset_job(f"{g}_plan", selection=plan,
+                            description=f"{src.spec.name}/{src.spec.config_name}: concrete structure specs"),
+        dg.define_asset_job(f"{g}_shards", selection=shards,
+                            description=f"{src.spec.name}/{src.spec.config_name}: one shard of structures, "
+                                        f"exit waves and imaged samples per run (partition)"),
+        dg.define_asset_job(f"{g}_publish", selection=publish,
+                            description=f"{src.spec.name}/{src.spec.config_name}: dataset splits, model, "
+                                        f"publishing"),
+    ]
+
+
+def build_definitions(config_paths: Sequence[str | Path] | None = None, executor: str | None = None,
+                      resources: dict | None = None) -> dg.Definitions:
+    """Definitions for the dataset configurations at ``config_paths`` (files or folders of YAML)."""
+    sources = discover_configs(list(config_paths) if config_paths is not None else default_config_paths())
+    executor = executor or os.environ.get("HRTEM_EXECUTOR") or "multiprocess"
+    pool = None if executor == "dask" else SIMULATION_POOL
+    assets, jobs = [], []
+    for src in sources:
+        assets.extend(build_config_assets(src, simulation_pool=pool))
+        jobs.extend(group_jobs(src))
+    return dg.Definitions(assets=assets, jobs=jobs, resources={**default_resources(), **(resources or {})},
+                          executor=executor_for(executor))
+
+
+def config_job(config_path: str, job_name: str, executor: str | None = None) -> dg.JobDefinition:
+    """One job of one configuration; the reconstructor used by :func:`reconstructable_config_job`."""
+    return build_definitions([config_path], executor=executor).resolve_job_def(job_name)
+
+
+def reconstructable_config_job(config_path: str | Path, job_name: str, executor: str | None = None):
+    """A job that other processes (multiprocess steps, Dask workers) can rebuild from the YAML path."""
+    return dg.build_reconstructable_job("dagster_project.definitions", "config_job",
+                                        reconstructable_args=(str(Path(config_path).resolve()), job_name, executor))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location: every ``configs/*.yaml`` (see the module docstring)."""
+    return build_definitions()

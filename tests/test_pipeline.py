@@ -1,0 +1,193 @@
+"""Per-shard stage functions (hrtem_dataset.pipeline) on the real structure, simulation, imaging, label
+and dataset modules, with a tiny configuration (4 structures of 28 Å, 2 shards, 0.2 Å sampling)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+from dagster_helpers import isolated_hf_datasets_cache, tiny_spec_dict  # noqa: F401 (autouse fixture)
+
+from hrtem_dataset import pipeline as pl
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.seeding import derive_seed
+from hrtem_dataset.specs import DatasetSpec
+
+
+def _spec(**kw) -> DatasetSpec:
+    return DatasetSpec.model_validate(tiny_spec_dict(model=False, **kw))
+
+
+def _run_shard(spec, shard, root) -> dict:
+    return {"structures": pl.build_structures_shard(spec, shard, root),
+            "waves": pl.simulate_shard(spec, shard, root),
+            "images": pl.image_shard(spec, shard, root)}
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny configuration built shard by shard, as the Dagster partitions do."""
+    root = tmp_path_factory.mktemp("ws")
+    spec = _spec()
+    plan = pl.plan_structures(spec, root)
+    stats = [_run_shard(spec, s, root) for s in range(spec.n_shards)]
+    return spec, root, plan, stats
+
+
+def test_layout_ids_and_stats(built):
+    spec, root, plan, stats = built
+    assert spec.n_shards == 2 and plan["structures"] == 4 and plan["splits"] == {"train": 2, "validation": 1, "test": 1}
+    base = root / "hrtem-tiny" / "0.0.1" / "tiny"
+    assert pl.config_dir(spec, root) == base
+    assert sorted(p.name for p in (base / "structures").glob("*.extxyz")) == [f"tiny-{i:06d}.extxyz" for i in range(4)]
+    assert sorted(p.name for p in (base / "waves").glob("*.npz")) == [f"tiny-{i:06d}.npz" for i in range(4)]
+    assert sorted(p.name for p in (base / "images").glob("*.npz")) == ["shard-00000.npz", "shard-00001.npz"]
+    assert not list(base.rglob("*.tmp*"))  # atomic writes leave no temporaries
+    lines = [json.loads(x) for x in (base / "structure_specs.jsonl").read_text().splitlines()]
+    assert [x["seed"] for x in lines] == [derive_seed(spec.seed, "structure", i) for i in range(4)]
+    assert [x["split"] for x in lines] == ["train", "train", "validation", "test"]
+    for s in stats:
+        assert s["structures"]["computed"] == 2 and s["structures"]["atoms"] > 0 and s["structures"]["atoms_per_s"] > 0
+        assert s["waves"]["computed"] == 2 and s["waves"]["exit_waves"] == 4 and s["waves"]["waves_per_s"] > 0
+        assert s["images"]["rows"] == 2 and s["images"]["images"] == 2 and s["images"]["images_per_s"] > 0
+
+
+def test_exit_waves_physics(built):
+    """Flux conservation and vacuum: |ψ_particles| = 1 away from the particle, mean |ψ_scene|² ≈ 1."""
+    spec, root, _, _ = built
+    w = pl.load_waves(spec, 0, root)
+    n = math.ceil(28.0 / 0.2)
+    assert w["scene"].shape == (1, n, n) and w["particles"].shape == (n, n)
+    assert w["scene"].dtype == np.complex64 and w["sampling"] == pytest.approx((0.2, 0.2))
+    assert w["engine"] == "torch" and w["energy"] == 300e3
+    for shard in range(spec.n_shards):
+        q = pl.waves_summary(spec, shard, root)
+        assert q["nonfinite"] == 0 and q["missing"] == 0
+        assert abs(q["vacuum_intensity_min"] - 1) < 2e-3 and abs(q["vacuum_intensity_max"] - 1) < 2e-3
+        assert 0.95 < q["scene_intensity_min"] <= q["scene_intensity_max"] < 1.01
+    # the particle phase is positive and large over the particle (Au: ~0.5-1 rad at 300 kV for r = 5 Å)
+    atoms = pl.read_structure(spec, 0, root)
+    vac = pl.vacuum_region(atoms, w["particles"].shape, w["sampling"])
+    assert 0.3 < vac.mean() < 0.99
+    assert np.angle(w["particles"])[~vac].max() > 0.3
+
+
+def test_images_labels_and_lineage(built):
+    spec, root, _, _ = built
+    rows = list(pl.read_image_shard(spec, 1, root))
+    assert [r["sample_id"] for r in rows] == ["tiny-000002-000", "tiny-000003-000"]
+    assert [r["split"] for r in rows] == ["validation", "test"]
+    for r in rows:
+        assert r["image"].dtype == np.float32 and r["image"].shape == r["mask"].shape == r["instances"].shape
+        assert r["image"].shape == (112, 112)  # 28 Å at 0.25 Å pixels
+        assert set(np.unique(r["mask"])) == {0, 1} and r["instances"].max() == 1  # one particle
+        assert r["conditions"]["dose"] == 1000.0 and -50 <= r["conditions"]["defocus"] <= 50
+        assert r["engine"] == "torch" and r["structure"]["particles"] and r["particles"]
+        assert isinstance(r["seed"], int) and math.isfinite(r["zero_defocus"])
+        # counts at 1000 e/Å² and 0.25 Å pixels: mean ≈ 62.5 (Poisson noise, vacuum-normalised intensity)
+        assert r["image"].mean() == pytest.approx(1000 * 0.25**2, rel=0.05)
+    q = pl.images_summary(spec, 1, root)
+    assert q["nonfinite"] == 0 and q["empty_masks"] == 0 and 0.005 < q["coverage_min"] <= q["coverage_max"] < 0.2
+    assert abs(q["image_mean_min"] - 1) < 0.05
+    assert pl.expected_rows(spec) == {"train": 2, "validation": 1, "test": 1}
+
+
+def test_resume_skips_and_recomputes_only_missing(built, tmp_path):
+    spec, root, _, _ = built
+    again = _run_shard(spec, 0, root)
+    assert again["structures"]["computed"] == 0 and again["structures"]["reused"] == 2
+    assert again["waves"]["computed"] == 0 and again["images"]["reused"] == 1
+    # a structure rebuilt alone in a fresh workspace is identical (seeds come from the spec, not the order)
+    fresh = tmp_path / "fresh"
+    pl.build_structures_shard(spec, 1, fresh)
+    assert _sha(pl.structure_path(spec, 3, fresh)) == _sha(pl.structure_path(spec, 3, root))
+    # delete one exit wave and one imaged shard: only those are recomputed, with the same content
+    wp, ip = pl.waves_path(spec, 1, root), pl.images_path(spec, 0, root)
+    old_w, old_rows = pl.load_waves(spec, 1, root)["scene"], list(pl.read_image_shard(spec, 0, root))
+    wp.unlink()
+    ip.unlink()
+    again = _run_shard(spec, 0, root)
+    assert again["waves"]["computed"] == 1 and again["waves"]["reused"] == 1 and again["images"]["computed"] == 1
+    np.testing.assert_array_equal(pl.load_waves(spec, 1, root)["scene"], old_w)
+    new_rows = list(pl.read_image_shard(spec, 0, root))
+    for a, b in zip(old_rows, new_rows, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+
+
+def test_changed_spec_is_never_mixed(built):
+    spec, root, _, _ = built
+    changed = DatasetSpec.model_validate({**spec.model_dump(), "imaging": {**spec.imaging.model_dump(), "dose": 50.0}})
+    assert pl.fingerprints(changed) == pl.fingerprints(spec)  # structures and waves are still valid
+    pl.build_structures_shard(changed, 0, root)
+    with pytest.raises(InputError, match=r"images: built from a different spec"):
+        pl.image_shard(changed, 0, root)
+    with pytest.raises(InputError, match="engine"):
+        pl.simulate_shard(spec, 0, root, engine="nonsense")
+    with pytest.raises(InputError, match="shard 5 out of range"):
+        pl.build_structures_shard(spec, 5, root)
+
+
+def test_assemble_and_load_dataset(built, tmp_path):
+    import datasets
+
+    from hrtem_dataset.dataset import check_no_leakage
+
+    spec, root, _, _ = built
+    stats = pl.assemble_dataset(spec, root)
+    assert stats["rows"] == {"train": 2, "validation": 1, "test": 1} and stats["total_rows"] == 4
+    folder = pl.dataset_dir(spec, root)
+    assert stats["path"] == str(folder) and folder.name.startswith("dataset-")
+    ds = datasets.load_dataset(str(folder), "tiny")
+    assert {k: len(v) for k, v in ds.items()} == {"train": 2, "validation": 1, "test": 1}
+    row = ds["test"][0]
+    assert row["sample_id"] == "tiny-000003-000" and row["structure_id"] == "tiny-000003"
+    img, mask = np.asarray(row["image"], np.float32), np.asarray(row["mask"])
+    ref = next(r for r in pl.read_image_shard(spec, 1, root) if r["sample_id"] == "tiny-000003-000")
+    np.testing.assert_array_equal(img, ref["image"])
+    np.testing.assert_array_equal(mask, ref["mask"])
+    assert row["spec_hash"] == spec.hash() and row["engine"] == "torch"
+    assert check_no_leakage(folder, "tiny").passed
+    # deterministic: assembling again gives byte-identical parquet shards
+    first = {p.name: _sha(p) for p in sorted((folder / "data" / "tiny").glob("*.parquet"))}
+    pl.assemble_dataset(spec, root, tmp_path / "again")
+    assert {p.name: _sha(p) for p in sorted((tmp_path / "again" / "data" / "tiny").glob("*.parquet"))} == first
+    # publishing merges configurations of one dataset version; another version is refused
+    dest = tmp_path / "published"
+    pl.publish_dataset(spec, root, dest)
+    assert datasets.load_dataset(str(dest), "tiny")["train"].num_rows == 2
+    other = DatasetSpec.model_validate({**spec.model_dump(), "version": "0.0.2"})
+    import shutil
+
+    shutil.copytree(pl.config_dir(spec, root), pl.config_dir(other, root))  # the same shards as version 0.0.2
+    pl.assemble_dataset(other, root)
+    with pytest.raises(InputError, match="one folder is one dataset version"):
+        pl.publish_dataset(other, root, dest)
+    # with a Hub repo id the same folder goes through huggingface_hub; offline (conftest) it stops cleanly
+    with pytest.raises(InputError, match="offline"):
+        pl.publish_dataset(spec, root, tmp_path / "hub", repo_id="org/hrtem-tiny")
+
+
+def test_exit_waves_configuration(tmp_path):
+    """kind: exit_waves — one row per structure with the complex waves and the labels at pixel_size."""
+    import datasets
+
+    d = tiny_spec_dict(model=False, train=1, validation=0, test=1, shard_size=1)
+    spec = DatasetSpec.model_validate({**d, "kind": "exit_waves", "config_name": "tinyew"})
+    for shard in range(spec.n_shards):
+        _run_shard(spec, shard, tmp_path)
+    q = pl.images_summary(spec, 0, tmp_path)
+    assert q["rows"] == 1 and q["empty_masks"] == 0 and math.isnan(q["image_mean_min"])
+    stats = pl.assemble_dataset(spec, tmp_path)
+    assert stats["rows"] == pl.expected_rows(spec) == {"train": 1, "test": 1}
+    row = datasets.load_dataset(stats["path"], "tinyew")["test"][0]
+    waves = np.asarray(row["waves_real"]) + 1j * np.asarray(row["waves_imag"])
+    np.testing.assert_allclose(waves, pl.load_waves(spec, 1, tmp_path)["scene"], atol=0)
+    assert np.asarray(row["mask"]).shape == (112, 112) and row["structure_id"] == "tinyew-000001"
