@@ -392,7 +392,10 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         atoms = read_structure(spec, i, root)
         sampling, energy = w["sampling"], w["energy"]
         t = time.perf_counter()
-        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu"))
+        # search the minimum-contrast plane over the particles' heights (faster and never outside them)
+        has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
+        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu",
+                                             atoms=atoms if has_particles else None))
                 if spec.imaging.calibrate_zero_defocus else 0.0)
         calib_s += time.perf_counter() - t
         scene = dict(atoms.info.get("scene") or {})
