@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,14 @@ def test_definitions_load_and_validate(tmp_path):
                         "dagster_project"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "All code locations passed validation" in r.stdout + r.stderr
+    # the `dg` CLI sees the same project ([tool.dg] in pyproject.toml)
+    r = subprocess.run([str(Path(sys.executable).with_name("dg")), "list", "defs", "--json"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    listed = json.loads(r.stdout[r.stdout.index("{"):])
+    dg_keys = {a["asset_key"] for a in listed["assets"]}
+    assert {f"demo/{n}" for n in ASSET_NAMES} <= dg_keys
+    assert {"demo_plan", "demo_shards", "demo_publish"} <= {j["name"] for j in listed["jobs"]}
 
 
 @pytest.fixture(scope="module")
