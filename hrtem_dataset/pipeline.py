@@ -703,8 +703,12 @@ def publish_model(spec: DatasetSpec, root=None, dest: str | Path | None = None, 
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".*", "*.tmp", "checkpoints"))
         ev = config_dir(spec, root) / "evaluation.json"
-        if ev.exists():
+        if ev.exists():  # the card then reports the held-out metrics, not the validation ones
+            from models.hub import card_with_evaluation
+
             shutil.copyfile(ev, tmp / "evaluation.json")
+            evaluation = json.loads(ev.read_text())
+            card_with_evaluation(tmp, evaluation["metrics"], evaluation["split"])
         _readable(tmp)
     out = {"path": str(dest), "files": sum(1 for p in dest.rglob("*") if p.is_file()),
            "seconds": time.perf_counter() - t0, "repo_id": repo_id}

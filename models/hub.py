@@ -159,6 +159,21 @@ def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, 
     return out
 
 
+def card_with_evaluation(model_dir: str | Path, metrics: dict, split: str) -> Path:
+    """Rewrite ``README.md`` of a saved model folder so that its model-index reports ``metrics`` measured
+    on ``split`` (e.g. the held-out test split after ``hrtem evaluate``); ``config.json`` is unchanged."""
+    d = Path(model_dir)
+    meta = read_config(d)
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
+    config = ModelConfig.from_dict(meta["model"])
+    dataset = {**(meta.get("dataset") or {}), "eval_split": split}
+    dataset["n_eval"] = metrics.get("n_images", "n/a")
+    return atomic_write_text(d / CARD_NAME, model_card(config, n_parameters=meta.get("n_parameters"),
+                                                       metrics=metrics, dataset=dataset,
+                                                       training=meta.get("training") or {}))
+
+
 def resolve_model_dir(model_id_or_dir: str | Path, revision: str | None = None) -> Path:
     """Local folder as is; otherwise ``snapshot_download`` of a Hub repo id (InputError when impossible)."""
     p = Path(model_id_or_dir)

@@ -112,6 +112,11 @@ def test_materialize_whole_graph(whole_graph):
     assert (out / "dataset" / "README.md").read_text().startswith("---")
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
     assert (out / "model" / "evaluation.json").is_file()
+    # the published model card reports the held-out test metrics in its model-index
+    evaluation = json.loads((out / "model" / "evaluation.json").read_text())
+    card = (out / "model" / "README.md").read_text()
+    assert evaluation["split"] == "test" and "split: test" in card
+    assert f"value: {round(evaluation['metrics']['f1'], 4)}" in card
 
 
 def test_blocking_check_stops_publication(whole_graph, tmp_path):
