@@ -113,6 +113,13 @@ def phase_mask(
     return phase_field(particle_waves, sampling, blur, defocus, energy, pixel_size, signed) > threshold
 
 
+def _circular_mean(labels: np.ndarray, theta: np.ndarray, n: int) -> np.ndarray:
+    """Per-label circular mean angle in [0, 2π) of ``theta`` (periodic coordinates)."""
+    c = np.bincount(labels, weights=np.cos(theta), minlength=n)
+    s = np.bincount(labels, weights=np.sin(theta), minlength=n)
+    return np.mod(np.arctan2(s, c), 2 * np.pi)
+
+
 def _scene_info(atoms) -> dict:
     info = atoms.info.get("scene", {}) if hasattr(atoms, "info") else {}
     if isinstance(info, str):
@@ -171,9 +178,10 @@ def particle_table(atoms, instances: np.ndarray, pixel_size: tuple[float, float]
     nmax = int(ids.max()) + 2 if ids.size else 1
     flat = instances.ravel()
     counts = np.bincount(flat, minlength=nmax)
-    gx, gy = np.meshgrid(np.arange(mx) * pixel_size[0], np.arange(my) * pixel_size[1], indexing="ij")
-    sx = np.bincount(flat, weights=gx.ravel(), minlength=nmax)
-    sy = np.bincount(flat, weights=gy.ravel(), minlength=nmax)
+    # periodic cell: circular mean per axis, so a particle that wraps across an edge keeps its centroid
+    tx, ty = np.meshgrid(2 * np.pi * np.arange(mx) / mx, 2 * np.pi * np.arange(my) / my, indexing="ij")
+    sx = _circular_mean(flat, tx.ravel(), nmax) * mx * pixel_size[0] / (2 * np.pi)
+    sy = _circular_mean(flat, ty.ravel(), nmax) * my * pixel_size[1] / (2 * np.pi)
     atom_counts = np.bincount(pid[pid >= 0], minlength=nmax)
     area_px = pixel_size[0] * pixel_size[1]
     rows = []
@@ -186,7 +194,7 @@ def particle_table(atoms, instances: np.ndarray, pixel_size: tuple[float, float]
             "n_pixels": n,
             "area": float(area),
             "equivalent_diameter": float(2 * math.sqrt(area / math.pi)),
-            "centroid": [float(sx[k + 1] / n), float(sy[k + 1] / n)] if n else [math.nan, math.nan],
+            "centroid": [float(sx[k + 1]), float(sy[k + 1])] if n else [math.nan, math.nan],
             "n_atoms": int(atom_counts[k]),
         }
         p = scene_particles[k] if k < len(scene_particles) and isinstance(scene_particles[k], dict) else {}

@@ -305,9 +305,15 @@ def vacuum_region(atoms, shape: tuple[int, int], sampling: tuple[float, float],
     pos = atoms.positions[pid >= 0]
     if len(pos) == 0:
         return np.ones(shape, bool)
-    extent = [[0.0, shape[0] * sampling[0]], [0.0, shape[1] * sampling[1]]]
-    hist, _, _ = np.histogram2d(pos[:, 0] % extent[0][1], pos[:, 1] % extent[1][1], bins=shape, range=extent)
-    dist = distance_transform_edt(hist == 0, sampling=sampling)
+    lx, ly = shape[0] * sampling[0], shape[1] * sampling[1]
+    # nearest grid point (bins centred on the samples), periodic in x and y
+    extent = [[-sampling[0] / 2, lx - sampling[0] / 2], [-sampling[1] / 2, ly - sampling[1] / 2]]
+    px = np.mod(pos[:, 0] + sampling[0] / 2, lx) - sampling[0] / 2
+    py = np.mod(pos[:, 1] + sampling[1] / 2, ly) - sampling[1] / 2
+    hist, _, _ = np.histogram2d(px, py, bins=shape, range=extent)
+    pad = (int(math.ceil(margin / sampling[0])) + 1, int(math.ceil(margin / sampling[1])) + 1)
+    empty = np.pad(hist == 0, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
+    dist = distance_transform_edt(empty, sampling=sampling)[pad[0]:pad[0] + shape[0], pad[1]:pad[1] + shape[1]]
     return dist > margin
 
 
@@ -394,9 +400,9 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         t = time.perf_counter()
         # search the minimum-contrast plane over the particles' heights (faster and never outside them)
         has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
-        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu",
-                                             atoms=atoms if has_particles else None))
-                if spec.imaging.calibrate_zero_defocus else 0.0)
+        # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
+        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms))
+                if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
         calib_s += time.perf_counter() - t
         scene = dict(atoms.info.get("scene") or {})
         lineage = {"structure_id": structure_id(spec, i), "structure": _jsonable(scene),

@@ -146,3 +146,25 @@ def test_masks_independent_of_defocus_dose_and_exit_plane():
     # contract defaults: phase at the exit plane, same grid as the waves
     m = phase_mask(waves, SAMPLING)
     assert m.shape == waves.shape and m.dtype == bool
+
+
+def test_centroid_of_a_particle_wrapping_across_the_cell_edge():
+    """Regression: centroids are circular means in the periodic cell (a particle centred at x = 1 Å in a
+    50 Å cell straddles the edge; its centroid is 1 Å, not the middle of the field of view)."""
+    from hrtem_dataset.labels import particle_table
+
+    n, s = 250, 0.2
+    gx, gy = np.meshgrid(np.arange(n) * s, np.arange(n) * s, indexing="ij")
+    dx = (gx - 1.0 + 25.0) % 50.0 - 25.0  # periodic distance to x = 1 Å
+    instances = ((dx**2 + (gy - 25.0) ** 2) < 8.0**2).astype(np.int32)
+    atoms = Atoms("Au", positions=[[1.0, 25.0, 5.0]], cell=[50, 50, 10], pbc=True)
+    atoms.set_array("particle_id", np.array([0]))
+    (row,) = particle_table(atoms, instances, (s, s))
+    assert row["centroid"] == pytest.approx([1.0, 25.0], abs=0.05)
+    assert row["area"] == pytest.approx(np.pi * 8.0**2, rel=0.02)
+
+
+def test_zero_defocus_of_a_wave_without_contrast_is_zero():
+    from hrtem_dataset.imaging import calibrate_zero_defocus
+
+    assert calibrate_zero_defocus(np.ones((64, 64), np.complex64), 0.1, 300e3) == 0.0

@@ -191,3 +191,15 @@ def test_exit_waves_configuration(tmp_path):
     waves = np.asarray(row["waves_real"]) + 1j * np.asarray(row["waves_imag"])
     np.testing.assert_allclose(waves, pl.load_waves(spec, 1, tmp_path)["scene"], atol=0)
     assert np.asarray(row["mask"]).shape == (112, 112) and row["structure_id"] == "tinyew-000001"
+
+
+def test_vacuum_region_is_periodic():
+    """Regression: an atom 0.2 Å from the cell edge makes the pixels across the edge non-vacuum."""
+    from ase import Atoms
+
+    atoms = Atoms("Au", positions=[[19.8, 10.0, 5.0]], cell=[20, 20, 10], pbc=True)
+    atoms.set_array("particle_id", np.array([0]))
+    vac = pl.vacuum_region(atoms, (100, 100), (0.2, 0.2), margin=6.0)
+    assert not vac[0, 50] and not vac[97, 50] and not vac[5, 50]  # 0.2, 0.4 and 1.2 Å from the atom
+    assert vac[50, 50] and vac[68, 50]  # 9.8 and 6.2 Å away
+    assert not vac[70, 50]  # 5.8 Å away

@@ -352,3 +352,12 @@ def test_cli_simulate(tmp_path):
     (tmp_path / "junk.extxyz").write_text("not an extxyz\n")
     assert main(["simulate", str(tmp_path / "junk.extxyz"), "--out", str(bad)]) == 2
     assert not bad.exists() and not list(tmp_path.glob(".bad.npz*"))
+
+
+def test_atoms_on_the_top_face_stay_at_the_top():
+    """Regression: z is not periodic — an atom at z = Lz (vacuum = 0) belongs to the last slice, not to
+    the beam-entrance slice."""
+    top = Atoms("Au", positions=[[5.0, 5.0, 10.0]], cell=[10, 10, 10], pbc=True)
+    inside = Atoms("Au", positions=[[5.0, 5.0, 10.0 - 1e-6]], cell=[10, 10, 10], pbc=True)
+    np.testing.assert_allclose(simulate_exit_wave(top, sampling=0.1), simulate_exit_wave(inside, sampling=0.1),
+                               atol=1e-5)

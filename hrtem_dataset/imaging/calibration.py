@@ -109,7 +109,8 @@ def calibrate_zero_defocus(
     ``atoms`` when given, else (−50, 250) Å. ``steps``: the paper's 1 Å then 0.1 Å (each later stage
     searches ±the previous step around the best value). The contrast curve of crystalline particles has
     sharp features (lattice Fresnel effects, a few Å wide), so the first step should stay ≤ ~2 Å.
-    Returns the best defocus rounded to the last step. Raises :class:`InputError` for an empty range or
+    Returns the best defocus rounded to the last step (0.0 when the wave has no contrast at all, e.g. a
+    particle-free scene). Raises :class:`InputError` for an empty range or
     non-positive steps.
     """
     if search_range is None:
@@ -120,7 +121,10 @@ def calibrate_zero_defocus(
     if not steps or any(not (st > 0) for st in steps):
         raise InputError(f"steps: must be positive, got {steps}")
     grid = np.arange(lo, hi + 0.5 * steps[0], steps[0])
-    best = float(grid[np.argmin(contrast_curve(particle_waves, sampling, energy, grid, device, batch_size))])
+    curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
+    if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
+        return 0.0  # no contrast anywhere (e.g. a scene without particles): nothing to calibrate
+    best = float(grid[np.argmin(curve)])
     for prev, step in zip(steps[:-1], steps[1:], strict=True):
         n = int(round(prev / step))
         grid = best + step * np.arange(-n, n + 1)

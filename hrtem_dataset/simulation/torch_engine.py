@@ -294,8 +294,10 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
     forms = tables.form_factors(symbols) * sigma  # phase multiplier: σ v̂
 
     positions = np.concatenate([np.asarray(s.positions, dtype=np.float64).reshape(-1, 3) for s in specimens])
-    positions = np.mod(positions, cell)
-    positions[positions >= cell] = 0.0  # mod can round up to L
+    # periodic in x and y only: along the beam an atom at z = Lz (or a phonon displacement past a face)
+    # belongs to the first/last slice, never to the other end of the specimen
+    positions[:, :2] = np.mod(positions[:, :2], cell[:2])
+    positions[:, :2][positions[:, :2] >= cell[:2]] = 0.0  # mod can round up to L
     member = np.repeat(np.arange(n_batch), [len(s.numbers) for s in specimens])
     species = np.searchsorted(unique_z, numbers)
     slice_index = np.clip(np.floor((positions[:, 2] + 1e-12) / dz).astype(np.int64), 0, n_slices - 1)
