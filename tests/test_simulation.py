@@ -315,6 +315,20 @@ def test_prismatic_output_conversion(tmp_path):
     assert settings["algorithm"] == "hrtem" and settings["E0"] == 300.0
     assert settings["realspacePixelSizeX"] == 0.05 and settings["saveComplexOutputWave"] is True
     assert settings["sliceThickness"] == pytest.approx(thickness / math.ceil(thickness / 2.0))
+    # geometry: z is written flipped (Prismatic's beam enters at the largest z), so Prismatic's slice
+    # index is ours counted from the lowest atom; it stops after its last plane, `gap` before our exit face
+    _, dz = te.slicing(thickness, 2.0)
+    z = atoms.positions[:, 2]
+    flipped = pe.flip_z(atoms).positions[:, 2]
+    c_round = lambda x: np.floor(x + 0.5)  # noqa: E731 - C round() for x >= 0 (halves away from zero)
+    prism_index = c_round((flipped.max() - flipped) / dz + 0.5) - 1  # PRISM01_calcPotential.cpp
+    index, planes = pe.prismatic_planes(z, dz)
+    assert np.mean(index == prism_index) > 0.999  # up to float rounding of (Lz - z)
+    gap = pe.exit_gap(z, dz, thickness)
+    assert gap == pytest.approx(thickness - z.min() - planes * dz) and 0 <= gap < thickness
+    stopped = pe.propagate(exit_waves, (0.1, 0.1), 300e3, -gap - thickness / 2)  # Prismatic's output
+    np.testing.assert_allclose(pe.to_exit_surface(stopped, (0.1, 0.1), 300e3, thickness, gap), exit_waves,
+                               atol=1e-5)
     with pytest.raises(InputError, match="HRTEM"):
         import h5py
 

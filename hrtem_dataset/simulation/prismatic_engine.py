@@ -10,9 +10,10 @@ for the other engines, and handed to Prismatic with zero thermal sigma):
    our equalised slice thickness, ``potBound``, ``numFP=1``, ``saveComplexOutputWave=True``;
 3. read ``4DSTEM_simulation/data/realslices/HRTEM_fp####/data`` ([x, y, tilt], complex) from the HDF5
    output (:func:`read_hrtem_output`);
-4. convert conventions (:func:`to_exit_surface`): Prismatic back-propagates the exit wave by half the
-   cell thickness so that its zero defocus lies at mid-thickness; we propagate it forward by
-   +thickness/2 to get the wave at the exit surface (our zero defocus). Its defocus C1 is +C10, ours
+4. convert conventions (:func:`to_exit_surface`): Prismatic's beam enters at the largest z, so z is
+   written flipped (:func:`flip_z`); it stops after the last occupied slice, ``gap`` Å before our exit
+   surface (:func:`exit_gap`), and back-propagates its exit wave by half the cell thickness (zero defocus
+   at mid-cell); we propagate forward by thickness/2 + gap to get the wave at the exit surface. Its defocus C1 is +C10, ours
    is defocus = −C10 at the exit surface: :func:`prismatic_c1`. Finally the wave is Fourier-resampled
    onto our grid (``gpts = ceil(cell / sampling)``) when Prismatic's grid differs (:func:`fourier_resample`).
 
@@ -119,18 +120,53 @@ def propagate(waves: np.ndarray, sampling: tuple[float, float], energy: float, d
     return np.fft.ifft2(np.fft.fft2(waves) * kernel).astype(np.complex64)
 
 
-def to_exit_surface(waves: np.ndarray, sampling: tuple[float, float], energy: float, thickness: float) -> np.ndarray:
-    """Prismatic's mid-thickness-referenced wave -> the wave at the exit surface (propagate +thickness/2)."""
-    return propagate(waves, sampling, energy, thickness / 2.0)
+def flip_z(atoms: Atoms) -> Atoms:
+    """Copy of ``atoms`` with z' = Lz − z. Prismatic's beam enters at the *largest* z (its slice index is
+    ``round((max z − z)/Δz + 0.5) − 1``, PRISM01_calcPotential.cpp); ours (torch, abTEM) enters at z = 0.
+    Writing z' makes Prismatic traverse the specimen in our order."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell, pbc=True)
+    out.positions[:, 2] = float(atoms.cell[2, 2]) - out.positions[:, 2]
+    return out
 
 
-def prismatic_c1(defocus: float, thickness: float) -> float:
-    """Prismatic C1 (= +C10, zero at mid-thickness) giving our ``defocus`` (= −C10, zero at the exit surface).
+def prismatic_planes(z: np.ndarray, dz: float) -> tuple[np.ndarray, int]:
+    """Prismatic's slice index of each atom and its number of planes, for our (unflipped) z [Å] written
+    flipped by :func:`flip_z`: index = round((z − min z)/Δz + 0.5) − 1 (C rounding) = floor((z − min z)/Δz),
+    planes = max index + 1. Prismatic
+    starts its slab at the lowest atom and stops after the last occupied plane, not at the cell faces."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.size == 0:
+        return np.zeros(0, np.int64), 0
+    # C's round() rounds halves away from zero, so for x >= 0 round(x + 0.5) - 1 == floor(x)
+    index = np.floor((z - z.min()) / dz).astype(np.int64)
+    return index, int(index.max()) + 1
 
-    Prismatic's wave is ours propagated by −thickness/2, i.e. already carries C10 = −thickness/2, so
-    C1 = −defocus + thickness/2.
+
+def exit_gap(z: np.ndarray, dz: float, cell_z: float) -> float:
+    """Vacuum [Å] between the plane where Prismatic stops (min z + planes·Δz) and our exit surface z = Lz."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.size == 0:
+        return 0.0
+    _, planes = prismatic_planes(z, dz)
+    return float(cell_z) - (float(z.min()) + planes * dz)
+
+
+def to_exit_surface(waves: np.ndarray, sampling: tuple[float, float], energy: float, thickness: float,
+                    gap: float = 0.0) -> np.ndarray:
+    """Prismatic's wave -> the wave at our exit surface. Prismatic back-propagates its exit wave by half
+    the cell thickness (``propBack``, Lz/2: zero defocus at mid-cell) and stops ``gap`` Å before our exit
+    surface (:func:`exit_gap`), so we propagate forward by thickness/2 + gap."""
+    return propagate(waves, sampling, energy, thickness / 2.0 + gap)
+
+
+def prismatic_c1(defocus: float, thickness: float, gap: float = 0.0) -> float:
+    """Prismatic C1 (= +C10, zero at its back-propagated plane) giving our ``defocus`` (= −C10, zero at the
+    exit surface).
+
+    Prismatic's wave is ours propagated by −(thickness/2 + gap), i.e. already carries C10 = −(thickness/2 +
+    gap), so C1 = −defocus + thickness/2 + gap.
     """
-    return -float(defocus) + float(thickness) / 2.0
+    return -float(defocus) + float(thickness) / 2.0 + float(gap)
 
 
 def fourier_resample(waves: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
@@ -185,13 +221,14 @@ def exit_waves_prismatic(atoms: Atoms, configurations: np.ndarray, sampling: flo
         for i, positions in enumerate(np.asarray(configurations).reshape(-1, len(atoms), 3)):
             member = Atoms(numbers=atoms.numbers, positions=positions, cell=atoms.cell, pbc=True)
             xyz, h5 = Path(tmp) / f"config{i}.xyz", Path(tmp) / f"config{i}.h5"
-            _write_xyz(member, xyz)
+            _write_xyz(flip_z(member), xyz)
+            gap = exit_gap(positions[:, 2], slicing(float(cell[2]), slice_thickness)[1], float(cell[2]))
             meta = pyprismatic.Metadata(filenameAtoms=str(xyz), filenameOutput=str(h5))
             for key, value in prismatic_settings(xyz, h5, cell, sampling, energy, slice_thickness, seed + i).items():
                 setattr(meta, key, value)
             meta.go()
             waves, got = read_hrtem_output(h5)
             got = got or (cell[0] / waves.shape[-2], cell[1] / waves.shape[-1])
-            wave = to_exit_surface(waves[:1], got, energy, float(cell[2]))
+            wave = to_exit_surface(waves[:1], got, energy, float(cell[2]), gap)
             out.append(fourier_resample(wave, grid.gpts)[0])
     return np.stack(out)
