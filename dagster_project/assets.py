@@ -37,6 +37,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     StaticPartitionsDefinition,
@@ -89,6 +90,20 @@ class DatasetConfigSource:
     path: Path
     spec: DatasetSpec
 
+
+
+def _coverage_ok(q: dict) -> bool:
+    return q["empty_masks"] == 0 and q["coverage_max"] <= COVERAGE_MAX
+
+
+def _image_problems(q: dict) -> list[str]:
+    """Why a shard's images fail the blocking ``imaged_samples`` checks (empty when they pass)."""
+    problems = []
+    if q["nonfinite"]:
+        problems.append(f"{q['nonfinite']} images with NaN/inf")
+    if not _coverage_ok(q):
+        problems.append(f"label coverage max {q['coverage_max']:.4f}, {q['empty_masks']} empty masks")
+    return problems
 
 def group_name_for(path: str | Path) -> str:
     """Asset group / key prefix of a YAML: its file stem with non-identifier characters as ``_``."""
@@ -298,7 +313,7 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
         mean_ok = (spec.kind != "images") or (
             q["nonfinite"] == 0 and abs(q["image_mean_min"] - 1) <= IMAGE_MEAN_TOL
             and abs(q["image_mean_max"] - 1) <= IMAGE_MEAN_TOL)
-        cov_ok = q["empty_masks"] == 0 and q["coverage_max"] <= COVERAGE_MAX
+        cov_ok = _coverage_ok(q)
         return MaterializeResult(metadata=meta, check_results=[
             result("imaged_samples", "no_nan_inf", q["nonfinite"] == 0, f"{q['nonfinite']} images with NaN/inf"),
             result("imaged_samples", "mean_intensity", mean_ok,
@@ -320,6 +335,12 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
         from hrtem_dataset.dataset import check_no_leakage
 
         root = workspace.path()
+        # backstop for the blocking shard checks: a shard whose check failed in an earlier run is still
+        # "materialized", and a later run may skip it; never package it
+        bad = [f"shard {s:05d}: {problem}" for s in range(spec.n_shards)
+               for problem in _image_problems(pl.images_summary(spec, s, root))]
+        if bad:
+            raise Failure(description="imaged samples fail the blocking checks: " + "; ".join(bad))
         stats = pl.assemble_dataset(spec, root)
         folder = Path(stats["path"])
         leak = check_no_leakage(folder, spec.config_name)

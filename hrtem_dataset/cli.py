@@ -26,13 +26,18 @@ app = typer.Typer(
 _COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize"]
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the package version and exit.")) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from . import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the package version and exit.")) -> None:
+    """Simulated HRTEM datasets: structures, exit waves, imaging, labels, datasets, models."""
 
 
 for _name in _COMMAND_MODULES:
@@ -57,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = app(args=argv, standalone_mode=False)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
+        return 2
+    except OSError as exc:  # unwritable/missing output paths, a directory given for a file, ...
+        where = exc.filename if exc.filename is not None else ""
+        typer.echo(f"error: {where}: {exc.strerror or exc}" if where else f"error: {exc}", err=True)
         return 2
     except typer.Exit as exc:
         return exc.exit_code

@@ -21,7 +21,7 @@ def format_validation_error(exc, source: str | None = None) -> str:
     parts = []
     for err in errors[:3]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if not str(x).startswith("function-"))
-        msg = err.get("msg", "invalid value")
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     prefix = f"{source}: " if source else ""

@@ -82,3 +82,47 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Fail early (before any compute) when ``path`` cannot be an output file: an existing directory,
+    or a parent that exists as a file or cannot be created/written."""
+    from .errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{option} {p}: is a directory (give a file name)")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{option} {p}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"{option} {p}: {probe} is not writable")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, allowed: tuple[str, ...] = (), option: str = "--out") -> Path:
+    """Fail early when ``path`` is not a safe output directory to replace: the working directory or one
+    of its parents, a file, or a non-empty directory holding anything but ``allowed`` glob patterns (a
+    previous output of the same command)."""
+    import fnmatch
+
+    from .errors import InputError
+
+    p = Path(path)
+    resolved, cwd = p.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise InputError(f"{option} {p}: refusing to replace the working directory or one of its parents")
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{option} {p}: exists and is not a directory")
+    if p.is_dir():
+        foreign = [c.name for c in p.iterdir()
+                   if not any(fnmatch.fnmatch(c.name, pat) for pat in allowed)]
+        if foreign:
+            raise InputError(f"{option} {p}: directory is not empty and was not made by this command "
+                             f"(e.g. {sorted(foreign)[0]!r}); choose a new folder")
+    check_output_file(p / "x", option)
+    return p
+

@@ -118,7 +118,12 @@ def _claim_stage_dir(spec: DatasetSpec, stage: str, fingerprint: str, root) -> P
                "config_name": spec.config_name}
     if f.exists():
         old = json.loads(f.read_text()).get("fingerprint")
-        if old != fingerprint:
+        # a stage folder holding nothing but its fingerprint (a first attempt that failed before writing
+        # any artifact) is re-claimed by the new spec instead of locking the workspace
+        unused = all(p.name == f.name or p.name.startswith(".") for p in d.iterdir())
+        if old != fingerprint and unused:
+            atomic_write_text(f, json.dumps(payload, sort_keys=True) + "\n")
+        elif old != fingerprint:
             raise InputError(f"{d}: built from a different spec ({stage} fingerprint {old} != {fingerprint}); "
                              f"bump the dataset version or delete that folder")
     else:

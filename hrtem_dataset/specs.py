@@ -307,6 +307,54 @@ class ImagingDistributionSpec(Strict):
     series: SeriesSpec | None = None
     calibrate_zero_defocus: bool = True
 
+    @model_validator(mode="after")
+    def _physical(self) -> ImagingDistributionSpec:
+        """Reject unphysical ranges up front (not after hours of simulation when a bad value is drawn)."""
+
+        def numbers(p) -> list[float]:
+            vals = p.values if isinstance(p, Choice) else ([p.min, p.max] if isinstance(p, Uniform) else [p])
+            out = []
+            for v in vals:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ValueError(f"expected finite numbers, got {v!r}")
+                out.append(float(v))
+            return out
+
+        for name in ("defocus", "Cs", "focal_spread", "angular_spread"):
+            try:
+                vals = numbers(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            if name in ("focal_spread", "angular_spread") and min(vals) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {min(vals)}")
+        for k, v in self.aberrations.items():
+            try:
+                numbers(v)
+            except ValueError as exc:
+                raise ValueError(f"aberrations.{k}: {exc}") from None
+        if self.dose is not None:
+            try:
+                vals = numbers(self.dose)
+            except ValueError as exc:
+                raise ValueError(f"dose: {exc}") from None
+            if min(vals) <= 0:
+                raise ValueError(f"dose: must be > 0 e/Å², got {min(vals)}")
+        if self.series is not None:
+            if not all(math.isfinite(v) for v in self.series.values):
+                raise ValueError("series.values: expected finite numbers")
+            if self.series.param in ("dose",) and min(self.series.values) <= 0:
+                raise ValueError("series.values: doses must be > 0 e/Å²")
+            if self.series.param in ("focal_spread", "angular_spread") and min(self.series.values) < 0:
+                raise ValueError(f"series.values: {self.series.param} must be >= 0")
+        if self.mtf:
+            from .imaging.detector import validate_mtf
+
+            try:
+                validate_mtf(self.mtf)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
     @field_validator("aberrations")
     @classmethod
     def _aberration_names(cls, v: dict) -> dict:
@@ -343,6 +391,12 @@ class SplitSpec(Strict):
     train: int = Field(8, ge=0)
     validation: int = Field(2, ge=0)
     test: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SplitSpec:
+        if self.train + self.validation + self.test < 1:
+            raise ValueError("at least one structure is needed (train + validation + test >= 1)")
+        return self
 
     @property
     def total(self) -> int:

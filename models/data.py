@@ -305,7 +305,11 @@ class OnTheFlyImaging:
     def _render(self, batch: list[WaveSample], seeds: list[int], generator):
         import torch
 
-        conds = [self._sample(self.imaging, s)[0] for s in seeds]
+        # one of the spec's conditions per sample (a series spec yields several per draw)
+        conds = []
+        for s in seeds:
+            drawn = self._sample(self.imaging, s)
+            conds.append(drawn[derive_seed(s, "pick") % len(drawn)])
         conditions = self._to_tensors(conds, [w.zero_defocus for w in batch], self.device)
         waves = torch.from_numpy(np.stack([w.waves for w in batch])).to(self.device)
         return self._image_batch(waves, batch[0].sampling, batch[0].energy, conditions, batch[0].pixel_size,

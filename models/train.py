@@ -231,6 +231,18 @@ def _lineage(dataset, config, split_sizes: dict) -> dict:
     return out
 
 
+def _dataset_imaging(dataset, config: str | None, pixel_size: float):
+    """Imaging distribution for on-the-fly imaging of an ``exit_waves`` configuration: the one in the
+    dataset folder's ``specs/<config>.yaml`` (the DatasetSpec that built it), else noise-free defaults."""
+    from hrtem_dataset.specs import DatasetSpec, ImagingDistributionSpec, load_spec
+
+    path = Path(str(dataset)) / "specs" / f"{config}.yaml" if dataset is not None and config else None
+    if path is not None and path.is_file():
+        spec = load_spec(path, DatasetSpec).imaging
+        return spec.model_copy(update={"pixel_size": float(pixel_size)})
+    return ImagingDistributionSpec(pixel_size=float(pixel_size))
+
+
 def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, config: str | None = None,
           user_data: str | Path | None = None, val_user_data: str | Path | None = None,
           train_split: str = "train", val_split: str = "validation", imaging=None,
@@ -292,9 +304,8 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
             _log(f"note: no {val_split!r} split; training without validation", progress)
     waves = bool(train_samples) and isinstance(train_samples[0], WaveSample)
     if waves and imaging is None:
-        from hrtem_dataset.specs import ImagingDistributionSpec
-
-        imaging = ImagingDistributionSpec(pixel_size=train_samples[0].pixel_size)
+        imaging = _dataset_imaging(dataset, config, train_samples[0].pixel_size)
+        _log(f"on-the-fly imaging conditions: {imaging.model_dump(mode='json', exclude_defaults=True)}", progress)
     if mcfg.pixel_size is None:
         px = train_samples[0].pixel_size if waves else dataset_pixel_size(train_samples)
         mcfg.pixel_size = float(f"{px:.6g}") if px else None  # float32 columns: 0.2 not 0.20000000298

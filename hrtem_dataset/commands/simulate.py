@@ -55,12 +55,13 @@ def simulate_command(
     from pydantic import ValidationError
 
     from ..errors import InputError, format_validation_error
-    from ..io import atomic_path
+    from ..io import atomic_path, check_output_file
     from ..simulation import simulate_scene
     from ..specs import SimulationSpec
 
     if seed < 0:
         raise InputError(f"--seed: must be >= 0, got {seed}")
+    check_output_file(out)
     try:
         spec = SimulationSpec(engine=engine, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
                               parametrization=parametrization, phonons=phonons, device=device)

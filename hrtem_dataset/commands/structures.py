@@ -26,14 +26,21 @@ def build_command(
     prismatic: Path | None = typer.Option(None, "--prismatic", help="also write the Prismatic XYZ file here"),
 ) -> None:
     """Build one concrete scene from a scene spec and write it as extxyz."""
+    from ..io import atomic_path, check_output_file
     from ..specs import SceneSpec, load_spec
     from ..structures import build_scene, write_extxyz, write_prismatic_xyz
 
+    check_output_file(out)
+    if prismatic is not None:
+        check_output_file(prismatic, "--prismatic")
     spec = load_spec(spec_path, SceneSpec)
     atoms = build_scene(spec, _check_seed(seed))
-    write_extxyz(atoms, out)
-    if prismatic is not None:
-        write_prismatic_xyz(atoms, prismatic)
+    if prismatic is not None:  # both files or neither
+        with atomic_path(out) as tmp_out, atomic_path(prismatic) as tmp_pr:
+            write_extxyz(atoms, tmp_out)
+            write_prismatic_xyz(atoms, tmp_pr)
+    else:
+        write_extxyz(atoms, out)
     info = atoms.info["scene"]
     typer.echo(json.dumps({"out": str(out), "n_atoms": len(atoms), "n_particles": info["n_particles"],
                            "cell": info["cell"]}))
@@ -49,7 +56,7 @@ def sample_command(
 ) -> None:
     """Draw N scenes from a distribution: DIR/scene-NNNNN.extxyz and DIR/manifest.jsonl."""
     from ..errors import InputError
-    from ..io import atomic_dir
+    from ..io import atomic_dir, check_output_dir
     from ..specs import DatasetSpec, StructureDistributionSpec, read_yaml, validate_spec
     from ..structures import sample_scene, write_extxyz
 
@@ -60,6 +67,7 @@ def sample_command(
         dist = validate_spec(data, StructureDistributionSpec, str(dist_path))
     if n < 1:
         raise InputError(f"--n: must be >= 1, got {n}")
+    check_output_dir(out, allowed=("manifest.jsonl", "scene-*.extxyz"))
     _check_seed(seed)
     lines = []
     with atomic_dir(out) as tmp:

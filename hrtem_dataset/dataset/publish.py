@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-IGNORE_PATTERNS = [".*", "*/.*", "*.tmp"]
+IGNORE_PATTERNS = [".*", "*/.*", "*.tmp", "checkpoints/*", "*.pt"]  # never training checkpoints (pickles)
 """Never uploaded: hidden files/directories at any depth and temporaries (fnmatch, ``*`` crosses ``/``)."""
 
 _MODEL_MARKERS = ("config.json", "model.safetensors", "pytorch_model.bin", "model_index.json")
