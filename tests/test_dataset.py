@@ -336,6 +336,8 @@ def test_publish_model_folder_is_detected(tmp_path):
     (model / "config.json").write_text(json.dumps({"encoder": "tu-resnet18", "version": "0.3.0"}))
     (model / "model.safetensors").write_bytes(b"\0" * 16)
     (model / "README.md").write_text("---\nlibrary_name: pytorch\n---\n")
+    (model / "checkpoints").mkdir()  # training checkpoints (pickles with optimiser state) are never uploaded
+    (model / "checkpoints" / "last.pt").write_bytes(b"\0" * 16)
     res = publish(model, "org/hrtem-unet", dry_run=True)
     assert (res.repo_type, res.tag, res.files) == ("model", "v0.3.0", ["README.md", "config.json",
                                                                         "model.safetensors"])

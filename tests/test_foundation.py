@@ -109,3 +109,25 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "nope.yaml" in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_version_and_output_path_errors(tmp_path, monkeypatch):
+    from hrtem_dataset import __version__
+    from hrtem_dataset.cli import main
+
+    r = subprocess.run([sys.executable, "-m", "hrtem_dataset.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == __version__
+    scene = Path(__file__).resolve().parents[1] / "configs" / "structures" / "example-scene.yaml"
+    assert main(["structures", "build", str(scene), "--out", str(tmp_path)]) == 2  # a directory
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    paper = scene.with_name("paper.yaml")
+    assert main(["structures", "sample", str(paper), "--n", "1", "--out", str(foreign)]) == 2
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    monkeypatch.chdir(foreign)
+    assert main(["structures", "sample", str(paper), "--n", "1", "--out", "."]) == 2
+    assert main(["structures", "sample", str(paper), "--n", "1", "--out", ".."]) == 2
+    with pytest.raises(InputError, match="at least one structure"):
+        validate_spec({"name": "x", "splits": {"train": 0, "validation": 0, "test": 0}}, DatasetSpec)
+

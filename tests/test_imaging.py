@@ -34,7 +34,7 @@ from hrtem_dataset.imaging import (
 )
 from hrtem_dataset.imaging.aberrations import stack_coefficients
 from hrtem_dataset.simulation.physics import wavelength
-from hrtem_dataset.specs import ImagingDistributionSpec, SeriesSpec, Uniform
+from hrtem_dataset.specs import ImagingDistributionSpec, SeriesSpec, Uniform, validate_spec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -306,5 +306,7 @@ def test_bad_inputs_raise_input_error_naming_the_field():
         render_image(waves, 0.1, 300e3, {"defocus": 0.0}, zero_defocus=0.0, seed=0)
     with pytest.raises(InputError, match="conditions"):
         image_batch(torch.ones((1, 16, 16), dtype=torch.complex64), 0.1, 300e3, {"defocsu": 1.0})
-    with pytest.raises(InputError, match="mtf"):
-        sample_imaging_conditions(ImagingDistributionSpec(mtf={"width": 0.3}), seed=0)
+    with pytest.raises(InputError, match="mtf"):  # rejected when the spec is read, before any simulation
+        validate_spec({"mtf": {"width": 0.3}}, ImagingDistributionSpec)
+    with pytest.raises(InputError, match="dose"):
+        validate_spec({"dose": {"min": -10.0, "max": 100.0}}, ImagingDistributionSpec)

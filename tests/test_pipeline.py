@@ -203,3 +203,17 @@ def test_vacuum_region_is_periodic():
     assert not vac[0, 50] and not vac[97, 50] and not vac[5, 50]  # 0.2, 0.4 and 1.2 Å from the atom
     assert vac[50, 50] and vac[68, 50]  # 9.8 and 6.2 Å away
     assert not vac[70, 50]  # 5.8 Å away
+
+
+def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
+    """A stage folder that holds only its fingerprint (the first attempt failed before writing anything)
+    is re-claimed by a corrected spec; a folder with artifacts still refuses a different spec."""
+    spec = DatasetSpec.model_validate(tiny_spec_dict())
+    changed = DatasetSpec.model_validate({**spec.model_dump(), "imaging": {**spec.imaging.model_dump(), "dose": 50.0}})
+    d = pl._claim_stage_dir(spec, "images", "fp-broken", tmp_path)
+    assert pl._claim_stage_dir(changed, "images", "fp-fixed", tmp_path) == d
+    assert json.loads((d / "_fingerprint.json").read_text())["fingerprint"] == "fp-fixed"
+    (d / "images-00000.npz").write_bytes(b"x")
+    with pytest.raises(InputError, match="built from a different spec"):
+        pl._claim_stage_dir(spec, "images", "fp-other", tmp_path)
+
