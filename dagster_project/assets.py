@@ -25,6 +25,7 @@ metadata (counts, timings, throughput, spec hash, engine + version, inline previ
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -420,18 +421,25 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
 
 def discover_configs(paths: list[str | Path]) -> list[DatasetConfigSource]:
     """Dataset configurations from YAML files and folders of ``*.yaml`` (sorted; duplicate groups rejected)."""
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []  # (file, named explicitly)
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")))
+            files.extend((f, False) for f in sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")))
         elif p.exists():
-            files.append(p)
+            files.append((p, True))
         else:
             raise InputError(f"{p}: no such configuration file or folder")
     out: dict[str, DatasetConfigSource] = {}
-    for f in files:
-        src = load_config(f)
+    for f, explicit in files:
+        try:
+            src = load_config(f)
+        except InputError as exc:
+            if explicit:
+                raise
+            # one broken YAML in a scanned folder must not take down every other configuration
+            warnings.warn(f"skipping configuration {f}: {exc}", stacklevel=2)
+            continue
         if src.group in out:
             raise InputError(f"{f}: group name {src.group!r} already used by {out[src.group].path}")
         out[src.group] = src

@@ -47,14 +47,15 @@ class PublishTarget(ConfigurableResource):
     local_dir: str | None = Field(None, description="default <workspace>/published/<config>")
     dataset_repo_id: str | None = Field(None, description="Hub dataset repo, e.g. org/hrtem-au-carbon")
     model_repo_id: str | None = Field(None, description="Hub model repo, e.g. org/hrtem-unet-resnet18")
-    token: str | None = Field(None, description="Hub token; default $HF_TOKEN or the cached login")
     private: bool = False
 
     def folder(self, workspace: Path, group: str) -> Path:
         return Path(self.local_dir).resolve() if self.local_dir else workspace / "published" / group
 
     def resolved_token(self) -> str | None:
-        return self.token or os.environ.get("HF_TOKEN") or None
+        """From the environment only (``$HF_TOKEN``, else huggingface_hub's cached login): a token in a
+        resource field would be stored in the run config and the run database."""
+        return os.environ.get("HF_TOKEN") or None
 
 
 def default_resources() -> dict[str, object]:

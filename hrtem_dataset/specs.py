@@ -410,7 +410,8 @@ class ModelTrainingSpec(Strict):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     image_size: int | None = Field(None, ge=16, description="random crop size for training")
-    min_f1: float = Field(0.0, ge=0, le=1, description="asset check floor on validation F1")
+    min_f1: float = Field(0.0, ge=0, le=1, description="asset check floor on the evaluation F1 (test split, "
+                          "else validation)")
     encoder_depth: int = Field(5, ge=1, le=5, description="U-Net depth (encoder stages used)")
     decoder_channels: list[int] | None = Field(
         None, description="decoder widths, one per stage (default 256, 128, 64, 32, 16 cut to the depth)")
@@ -445,6 +446,14 @@ class DatasetSpec(Strict):
         if not _SEMVER.match(v):
             raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _pixel_size_vs_sampling(self) -> DatasetSpec:
+        if self.imaging.pixel_size < self.simulation.sampling:
+            raise ValueError(f"imaging.pixel_size ({self.imaging.pixel_size} Å) is finer than "
+                             f"simulation.sampling ({self.simulation.sampling} Å): images are Fourier-cropped "
+                             "from the exit waves, never interpolated up")
+        return self
 
     @property
     def n_structures(self) -> int:

@@ -20,6 +20,7 @@ from dagster_project.assets import ASSET_NAMES, CHECKS, PARTITIONED, build_confi
 from dagster_project.definitions import build_definitions, reconstructable_config_job
 from dagster_project.resources import PublishTarget, SimulationEngine, Workspace
 from hrtem_dataset import pipeline as pl
+from hrtem_dataset.errors import InputError
 
 HRTEM = str(Path(sys.executable).with_name("hrtem"))
 
@@ -240,3 +241,15 @@ def test_multiprocess_executor_default(tmp_path):
         assert os.getpid() not in pids
     spec = load_config(cfg).spec
     assert pl.images_path(spec, 1, ws).exists() and not pl.images_path(spec, 0, ws).exists()
+
+
+def test_a_broken_yaml_in_the_configs_folder_does_not_hide_the_others(tmp_path):
+    folder = tmp_path / "configs"
+    write_tiny_config(folder)
+    (folder / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.warns(UserWarning, match="broken.yaml"):
+        defs = build_definitions([folder])
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {f"tiny/{n}" for n in PARTITIONED} <= keys
+    with pytest.raises(InputError, match="broken.yaml"):  # named explicitly: an error, not a warning
+        build_definitions([folder / "broken.yaml"])
