@@ -253,3 +253,28 @@ def test_a_broken_yaml_in_the_configs_folder_does_not_hide_the_others(tmp_path):
     assert {f"tiny/{n}" for n in PARTITIONED} <= keys
     with pytest.raises(InputError, match="broken.yaml"):  # named explicitly: an error, not a warning
         build_definitions([folder / "broken.yaml"])
+
+
+def test_dataset_splits_refuses_shards_that_failed_a_blocking_check(tmp_path):
+    """A shard whose blocking check failed is still 'materialized'; a later run that skips it must not
+    package it: dataset_splits re-checks every shard and fails before writing anything."""
+    import yaml
+
+    cfg = write_tiny_config(tmp_path / "cfg", stem="badlabels")
+    data = yaml.safe_load(cfg.read_text())
+    data["labels"] = {"threshold": 3.1, "blur": 1.0}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    assets = build_config_assets(load_config(cfg))
+    instance = dg.DagsterInstance.ephemeral()
+    res_kw = {"instance": instance, "resources": _resources(tmp_path / "ws", tmp_path / "out"), "raise_on_error": False}
+    g = "badlabels"
+    assert dg.materialize(assets, selection=[dg.AssetKey([g, "structure_specs"])], **res_kw).success
+    shard = [dg.AssetKey([g, n]) for n in PARTITIONED]
+    for part in ("00000", "00001"):
+        res = dg.materialize(assets, selection=shard, partition_key=part, **res_kw)
+        failed = [e.check_name for e in res.get_asset_check_evaluations() if not e.passed]
+        assert "label_coverage" in failed  # every mask is empty at a threshold of 3.1 rad
+    res = dg.materialize(assets, selection=[dg.AssetKey([g, "dataset_splits"])], **res_kw)
+    assert not res.success
+    assert instance.get_latest_materialization_event(dg.AssetKey([g, "dataset_splits"])) is None
+    assert not list((tmp_path / "ws").rglob("*.parquet"))
