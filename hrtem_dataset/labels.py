@@ -47,7 +47,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .imaging._common import as_pair, check_finite, complex_tensor
+from .imaging._common import as_pair, phonon_stack
 from .imaging.calibration import calibrate_zero_defocus
 from .imaging.resample import crop_spectrum, resampled_sampling, resampled_shape
 from .simulation.physics import wavelength as electron_wavelength
@@ -68,12 +68,8 @@ def phase_field(
     s = as_pair(sampling, "sampling")
     if not (math.isfinite(blur) and blur >= 0):
         raise InputError(f"blur: must be >= 0 Å, got {blur}")
-    w = complex_tensor(particle_waves, torch.device("cpu"))
-    if w.ndim == 3:
-        w = w.mean(dim=0)  # coherent (elastic) average over phonon configurations
-    if w.ndim != 2:
-        raise InputError(f"particle_waves: expected (nx, ny) or (phonons, nx, ny), got {tuple(w.shape)}")
-    check_finite(w, "particle_waves")
+    # coherent (elastic) average over phonon configurations
+    w = phonon_stack(particle_waves, torch.device("cpu"), "particle_waves").mean(dim=0)
     nx, ny = w.shape
     kx = torch.fft.fftfreq(nx, d=s[0], dtype=torch.float64)
     ky = torch.fft.fftfreq(ny, d=s[1], dtype=torch.float64)

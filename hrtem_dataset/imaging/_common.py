@@ -51,3 +51,16 @@ def complex_tensor(waves, device: torch.device | None = None) -> torch.Tensor:
 def check_finite(t: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(torch.view_as_real(t) if t.is_complex() else t).all()):
         raise InputError(f"{name}: contains NaN or Inf")
+
+
+def phonon_stack(waves, device: torch.device | None, name: str) -> torch.Tensor:
+    """Exit waves (nx, ny) or (phonons, nx, ny) -> finite complex64 tensor (phonons, nx, ny) on ``device``;
+    anything else raises :class:`InputError` naming ``name``."""
+    t = complex_tensor(waves, device)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise InputError(f"{name}: expected (nx, ny) or (phonons, nx, ny), got shape {tuple(t.shape)}")
+    check_finite(t, name)
+    return t
+

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
-from ._common import as_pair, check_finite, complex_tensor, resolve_device
+from ._common import as_pair, phonon_stack, resolve_device
 from .aberrations import polar_grid
 
 
@@ -42,12 +42,7 @@ def contrast_curve(
     ``waves``: complex (nx, ny) or (phonons, nx, ny) (intensities averaged over phonons).
     """
     dev = resolve_device(device)
-    w = complex_tensor(waves, dev)
-    if w.ndim == 2:
-        w = w[None]
-    if w.ndim != 3:
-        raise InputError(f"particle_waves: expected (nx, ny) or (phonons, nx, ny), got {tuple(w.shape)}")
-    check_finite(w, "particle_waves")
+    w = phonon_stack(waves, dev, "particle_waves")
     s = as_pair(sampling, "sampling")
     lam = electron_wavelength(energy)
     alpha, _ = polar_grid(tuple(w.shape[-2:]), s, lam, dev)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ._common import as_pair, check_finite, complex_tensor, resolve_device
+from ._common import as_pair, complex_tensor, phonon_stack, resolve_device
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
 from .detector import mtf_rfft, poisson_counts, validate_mtf
@@ -147,13 +147,7 @@ def image_batch(
 
 
 def _waves_4d(waves, device) -> torch.Tensor:
-    t = complex_tensor(waves, device)
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3:
-        raise InputError(f"waves: expected (nx, ny) or (phonons, nx, ny), got shape {tuple(t.shape)}")
-    check_finite(t, "waves")
-    return t[None]
+    return phonon_stack(waves, device, "waves")[None]
 
 
 def image_intensity(
