@@ -93,6 +93,12 @@ class DatasetConfigSource:
 
 
 
+def _published_result(stats: dict, dest: Path) -> MaterializeResult:
+    """Metadata of a published_dataset / published_model materialization (local folder, Hub URL if any)."""
+    url = {"url": MetadataValue.url(stats["url"])} if stats.get("url") else {}
+    return MaterializeResult(metadata={**_stats_metadata(stats), "path": MetadataValue.path(str(dest)), **url})
+
+
 def _coverage_ok(q: dict) -> bool:
     return q["empty_masks"] == 0 and q["coverage_max"] <= COVERAGE_MAX
 
@@ -370,8 +376,7 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
         dest = publish_target.folder(root, g) / "dataset"
         stats = pl.publish_dataset(spec, root, dest, repo_id=publish_target.dataset_repo_id,
                                    token=publish_target.resolved_token(), private=publish_target.private)
-        return MaterializeResult(metadata={**_stats_metadata(stats), "path": MetadataValue.path(str(dest)),
-                                           **({"url": MetadataValue.url(stats["url"])} if stats.get("url") else {})})
+        return _published_result(stats, dest)
 
     assets = [structure_specs, structures, exit_waves, imaged_samples, dataset_splits, published_dataset]
     if spec.model is None or spec.kind != "images":  # models train and evaluate on rendered images
@@ -413,8 +418,7 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
         dest = publish_target.folder(root, g) / "model"
         stats = pl.publish_model(spec, root, dest, repo_id=publish_target.model_repo_id,
                                  token=publish_target.resolved_token(), private=publish_target.private)
-        return MaterializeResult(metadata={**_stats_metadata(stats), "path": MetadataValue.path(str(dest)),
-                                           **({"url": MetadataValue.url(stats["url"])} if stats.get("url") else {})})
+        return _published_result(stats, dest)
 
     return [*assets, trained_model, model_evaluation, published_model]
 
