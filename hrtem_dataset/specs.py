@@ -106,6 +106,14 @@ def param_bounds(p: Param) -> tuple[float, float]:
     return (float(p), float(p))
 
 
+def _check_bounds(p: Param, lo: float, hi: float, what: str, unit: str) -> Param:
+    """``p`` unchanged if every value it can take lies in (lo, hi]; else ValueError naming ``what``."""
+    pmin, pmax = param_bounds(p)
+    if not (pmin > lo and pmax <= hi):
+        raise ValueError(f"{what} must lie in ({lo:g}, {hi:g}] {unit}, got [{pmin}, {pmax}]")
+    return p
+
+
 class IntRange(Strict):
     """Uniform integer draw in [min, max] (inclusive)."""
 
@@ -213,10 +221,7 @@ class ParticleDistributionSpec(Strict):
     @field_validator("radius")
     @classmethod
     def _radius(cls, v: Param) -> Param:
-        lo, hi = param_bounds(v)
-        if not (lo > 2.0 and hi <= 500.0):
-            raise ValueError(f"radius must lie in (2, 500] Å, got [{lo}, {hi}]")
-        return v
+        return _check_bounds(v, 2.0, 500.0, "radius", "Å")
 
     @field_validator("shapes")
     @classmethod
@@ -248,17 +253,12 @@ class StructureDistributionSpec(Strict):
     @field_validator("substrate_thickness")
     @classmethod
     def _thickness(cls, v: Param | None) -> Param | None:
-        if v is not None and not (param_bounds(v)[0] > 0 and param_bounds(v)[1] <= 1000):
-            raise ValueError("substrate thickness must lie in (0, 1000] Å")
-        return v
+        return v if v is None else _check_bounds(v, 0.0, 1000.0, "substrate thickness", "Å")
 
     @field_validator("substrate_density")
     @classmethod
     def _density(cls, v: Param) -> Param:
-        lo, hi = param_bounds(v)
-        if not (lo > 0.1 and hi <= 4.0):
-            raise ValueError(f"substrate density must lie in (0.1, 4] g/cm³, got [{lo}, {hi}]")
-        return v
+        return _check_bounds(v, 0.1, 4.0, "substrate density", "g/cm³")
 
 
 # --------------------------------------------------------------------------------------------------
