@@ -16,6 +16,7 @@ from typing import Any
 from hrtem_dataset.errors import InputError
 
 from .data import WaveSample, _is_user_folder, load_samples, load_user_folder
+from .device import resolve_device
 from .train import validate
 
 
@@ -25,9 +26,11 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
     """Evaluate ``model`` (a model, a model folder or a Hub id) on ``dataset``/``config``/``split`` or on
     ``user_data`` (a folder of micrographs + mask PNGs; a ``dataset`` path that is such a folder works too).
 
-    Returns a flat dict: ``iou``, ``f1``, ``precision``, ``recall``, ``n_images``, particle-detection
-    statistics, and ``model``, ``dataset``, ``config``, ``split`` for the record (NaN where undefined).
+    Returns a flat dict: ``iou``, ``f1``, ``precision``, ``recall`` (pixels pooled over the images),
+    ``f1_image_mean``, ``n_images``, particle-detection statistics, ``per_image`` (name, pixel size, F1, IoU;
+    folders of micrographs only), and ``model``, ``dataset``, ``config``, ``split`` for the record (NaN where undefined).
     """
+    resolve_device(device)  # before loading anything
     if isinstance(model, str | Path):
         from .hub import from_pretrained
 
@@ -38,7 +41,9 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
     if user_data is None and dataset is not None and _is_user_folder(Path(dataset)):
         user_data, dataset = dataset, None
     if user_data is not None:
-        samples = load_user_folder(user_data, pixel_size=pixel_size)
+        # a model trained at a pixel size needs every image's pixel size to resample it
+        samples = load_user_folder(user_data, pixel_size=pixel_size,
+                                   require_pixel_size=bool(getattr(model.hrtem_config, "pixel_size", None)))
         source = {"dataset": str(user_data), "config": None, "split": None}
     elif dataset is not None:
         samples = load_samples(dataset, config, split, max_samples=max_samples)
@@ -47,10 +52,19 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
         raise InputError("--dataset: evaluation needs a dataset or a folder of labelled micrographs")
     if samples and isinstance(samples[0], WaveSample):
         raise InputError(f"dataset {dataset} config {config!r}: evaluation needs an 'images' configuration")
-    metrics = validate(model, samples, device=device, detection=True, tile=tile)
+    metrics = validate(model, samples, device=device, detection=True, tile=tile, per_image=user_data is not None)
     return {**metrics, "model": model_ref, **source}
 
 
 def json_safe(d: dict) -> dict:
     """NaN/inf -> None so the dict serialises as strict JSON."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(dict(d))

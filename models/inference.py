@@ -20,19 +20,17 @@ import numpy as np
 
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path
+from hrtem_dataset.limits import check_memory
 
 from .build import size_multiple
 from .data import standardize
+from .device import resolve_device
 from .imageio import mask_png_bytes, read_image, resample, rescaled_shape
 from .metrics import particle_table
 
 
 def _device(device: str | None):
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def _ramp(n: int, overlap: int) -> np.ndarray:
@@ -95,6 +93,16 @@ def predict_proba(model, image: np.ndarray, *, tile: int = 512, overlap: int = 6
     return acc[:, ph // 2:ph // 2 + H, pw // 2:pw // 2 + W]
 
 
+def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes: int = 2) -> int:
+    """Upper estimate (bytes) of :func:`predict_mask`'s memory for an image of ``shape`` predicted on
+    ``work_shape`` (at the model's pixel size): float32 class probabilities and blending weights plus the
+    resampled, standardised and padded copies of the image (and an interpolation buffer) on the working
+    grid; the probabilities resampled back, the image and the mask on the input grid."""
+    work = int(work_shape[0]) * int(work_shape[1])
+    own = int(shape[0]) * int(shape[1])
+    return 4 * (work * (classes + 5) + own * (classes + 3))
+
+
 def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw) -> np.ndarray:
     """Binary particle mask (uint8 0/1) of ``image`` on its own grid.
 
@@ -104,8 +112,13 @@ def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw
     model_px = getattr(model.hrtem_config, "pixel_size", None)
     img = np.asarray(image, np.float32)
     shape = img.shape
-    if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.01:
-        img = resample(img, rescaled_shape(shape, pixel_size, model_px))
+    rescale = bool(pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.01)
+    work = rescaled_shape(shape, pixel_size, model_px) if rescale else shape
+    check_memory("segmentation", predict_memory(shape, work, int(model.hrtem_config.classes)),
+                 f"image {shape[0]} x {shape[1]} at {pixel_size:g} Å/px resampled to {work[0]} x {work[1]} "
+                 f"at the model's {model_px:g} Å/px" if rescale else f"image {shape[0]} x {shape[1]}")
+    if rescale:
+        img = resample(img, work)
     prob = predict_proba(model, img, **kw)
     if prob.shape[1:] != shape:
         prob = np.stack([resample(p, shape) for p in prob])
@@ -137,12 +150,13 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
     (areas in Å², equivalent diameter in Å, centroids in pixels and Å) and defaults to ``out`` with
     suffix ``.csv``. Returns ``dict(mask, particles, pixel_size, pixel_size_source, mask_path, csv_path)``.
     """
+    resolve_device(device)  # before loading anything
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
     if isinstance(model, str | Path):
         from .hub import from_pretrained
 
         model = from_pretrained(model)
-    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
-        raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
     if isinstance(image, str | Path):
         img, file_px = read_image(image)
     else:
@@ -173,3 +187,58 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
             tmp_csv.write_text(particles_csv(rows))
         result["mask_path"], result["csv_path"] = str(out), str(csv_path)
     return result
+
+
+def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size: float | None = None,
+                   pixel_sizes: str | Path | None = None, tile: int = 512, overlap: int = 64,
+                   device: str | None = None, progress: bool = True) -> dict:
+    """Segment every micrograph of ``folder`` (its ``images/`` subfolder when there is one) into
+    ``out_dir/NAME.png`` (mask) + ``out_dir/NAME.csv`` (particles) + ``out_dir/summary.csv``.
+
+    Pixel size per image: ``pixel_size`` for all, else the CSV ``pixel_sizes`` or ``folder/MANIFEST.csv``
+    (``name,pixel_size_angstrom``), else the file's calibration; an image with none is an error. Every
+    image is read and checked before the model runs; ``out_dir`` must be new or empty, and is filled in a
+    temporary folder renamed into place at the end (all files or none).
+    """
+    import shutil
+    import tempfile
+
+    from rich.progress import Progress
+
+    from .data import load_user_folder
+
+    resolve_device(device)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"--out {out_dir}: must be a new or empty folder (nothing is overwritten)")
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
+    samples = load_user_folder(folder, pixel_size=pixel_size, require_masks=False, require_pixel_size=True,
+                               pixel_sizes=pixel_sizes)
+    if isinstance(model, str | Path):
+        from .hub import from_pretrained
+
+        model = from_pretrained(model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    summary = ["name,pixel_size_angstrom,particles,particle_fraction"]
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("segment", total=len(samples))
+            for s in samples:
+                mask = predict_mask(model, s.image, s.pixel_size, tile=tile, overlap=overlap, device=device)
+                rows = particle_table(mask, s.pixel_size)
+                (tmp / f"{s.name}.png").write_bytes(mask_png_bytes(mask))
+                (tmp / f"{s.name}.csv").write_text(particles_csv(rows))
+                summary.append(f"{s.name},{s.pixel_size:g},{len(rows)},{float(mask.mean()):.4f}")
+                bar.advance(task)
+        (tmp / "summary.csv").write_text("\n".join(summary) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        tmp.chmod(0o755)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out_dir), "images": len(samples),
+            "particles": sum(int(line.split(",")[2]) for line in summary[1:])}

@@ -39,6 +39,7 @@ from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path, atomic_write_text
 from hrtem_dataset.seeding import derive_seed
 
+from .augment import AUGMENTATIONS
 from .build import (
     DEFAULT_ENCODER,
     ModelConfig,
@@ -85,6 +86,7 @@ class TrainConfig:
     init_from: str | None = None
     seed: int = 0
     amp: bool = True
+    augment: str = "dihedral"
 
     def check(self) -> TrainConfig:
         if self.schedule not in SCHEDULES:
@@ -98,6 +100,8 @@ class TrainConfig:
             raise InputError(f"--steps: must be >= 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr: must be > 0, got {self.lr}")
+        if self.augment not in AUGMENTATIONS:
+            raise InputError(f"augment: must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.image_size is not None and self.image_size < 16:
             raise InputError(f"image_size: must be >= 16, got {self.image_size}")
         return self
@@ -110,13 +114,9 @@ class TrainConfig:
 
 
 def _device(device: str | None):
-    import torch
+    from .device import resolve_device
 
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device: {device} requested but CUDA is not available")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -129,25 +129,47 @@ def _log(msg: str, progress: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_initial_model(init_from: str | Path):
-    """A model to fine-tune: a model folder / Hub id (:func:`models.hub.from_pretrained`), a training
-    output folder, or a ``.pt`` checkpoint written by :func:`train`."""
+def load_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoint") -> dict:
+    """A training checkpoint, loaded safely: ``torch.load(weights_only=True)`` only rebuilds tensors and
+    plain Python containers/scalars, never arbitrary objects, so a crafted file cannot run code. Anything
+    else (a pickle of other objects, a corrupt or foreign file) raises :class:`InputError` naming the file."""
+    import pickle
+
     import torch
 
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{what} {p}: refused to load: it holds objects other than tensors and plain data "
+                         "(only checkpoints written by hrtem train are accepted)") from None
+    except Exception as exc:  # not a zip/pickle at all, truncated, unreadable ...
+        raise InputError(f"{what} {p}: cannot read the checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{what} {p}: not a training checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def load_initial_model(init_from: str | Path):
+    """A model to fine-tune: a model folder / Hub id (:func:`models.hub.from_pretrained`), a training
+    output folder, or a ``.pt`` checkpoint written by :func:`train` (loaded with :func:`load_checkpoint`:
+    tensors and plain data only)."""
     p = Path(init_from)
     if p.is_dir() and not (p / "model.safetensors").is_file() and (p / CHECKPOINT).is_file():
         p = p / CHECKPOINT
     if p.is_file():
+        ckpt = load_checkpoint(p, "cpu", "--init-from")
         try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
             config = ModelConfig.from_dict(ckpt["model_config"])
             state = ckpt["model"]
-        except InputError:
-            raise
         except Exception as exc:
             raise InputError(f"--init-from {p}: not a training checkpoint ({type(exc).__name__})") from None
         model = build_model(config=config)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise InputError(f"--init-from {p}: weights do not match the model config ({type(exc).__name__})") \
+                from None
         return model
     from .hub import from_pretrained
 
@@ -179,16 +201,27 @@ def _train_mode(model, freeze: str | None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def validate(model, samples: list[Sample], *, device=None, detection: bool = False, tile: int = 512) -> dict:
+def validate(model, samples: list[Sample], *, device=None, detection: bool = False, tile: int = 512,
+             per_image: bool = False) -> dict:
     """Pixel metrics (and optionally particle detection) of ``model`` on labelled samples at their own
-    pixel size (rescaled to the model's pixel size when they differ)."""
+    pixel size (rescaled to the model's pixel size when they differ). Pixel scores are pooled over all
+    images (``f1``); ``f1_image_mean`` averages the per-image F1; ``per_image`` adds a list of
+    ``{name, pixel_size, f1, iou}``."""
     from .inference import predict_mask
+    from .metrics import confusion
 
     acc = SegmentationMetrics()
+    rows = []
     for s in samples:
         pred = predict_mask(model, s.image, s.pixel_size, tile=tile, device=str(device) if device else None)
         acc.update(pred, s.mask, s.pixel_size, detection=detection)
-    return acc.compute()
+        if per_image:
+            sc = scores_from_counts(*confusion(pred, s.mask)[:3])
+            rows.append({"name": s.name, "pixel_size": s.pixel_size, "f1": sc["f1"], "iou": sc["iou"]})
+    out = acc.compute()
+    if per_image:
+        out["per_image"] = rows
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,7 +355,8 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     else:
         if val and isinstance(val[0], WaveSample):
             raise InputError(f"{val_split}: an exit_waves split cannot validate a model trained on images")
-        batches = CropBatches(train_samples, crop, cfg.batch_size, cfg.seed, cfg.samples_per_epoch)
+        batches = CropBatches(train_samples, crop, cfg.batch_size, cfg.seed, cfg.samples_per_epoch,
+                              augment="realistic" if cfg.augment == "realistic" else True)
     spe = batches.steps_per_epoch
     total_steps = int(cfg.steps) if cfg.steps else int(cfg.epochs) * spe
     n_epochs = math.ceil(total_steps / spe)
@@ -351,7 +385,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     fingerprint = json.loads(json.dumps(fingerprint))
     step, start_epoch, history, skip_batches, epoch_acc = 0, 0, [], 0, None
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, dev, "resume checkpoint")
         if ckpt.get("fingerprint") != json.loads(json.dumps(fingerprint)):
             raise InputError(f"{ckpt_path}: checkpoint was made with different settings; "
                              "use another --out folder or delete the checkpoint")
@@ -459,7 +493,9 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
         lineage["fine_tune_data"] = str(user_data)
     training = {**cfg.to_dict(), "steps_done": step, "crop": crop, "device": dev.type, "amp": use_amp,
                 "loss": f"cross-entropy + {cfg.dice_weight} x Dice", "optimizer": "Adam",
-                "augmentation": "per-image standardisation, random crop, 8 dihedral transforms",
+                "augmentation": "per-image standardisation, random crop, 8 dihedral transforms" + (
+                    ", realistic degradations (median filter, blur, noise, gain field, clipping, 8-bit)"
+                    if cfg.augment == "realistic" else ""),
                 "time_s": round(time.time() - t0, 1)}
     from .hub import save_pretrained
 

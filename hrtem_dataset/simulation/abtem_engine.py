@@ -17,6 +17,7 @@ import numpy as np
 from ase import Atoms
 
 from ..errors import InputError
+from ..limits import check_memory
 
 
 def _abtem():
@@ -31,10 +32,25 @@ def abtem_version() -> str:
     return str(_abtem().__version__)
 
 
+def memory_estimate(atoms: Atoms, n_configurations: int, sampling: float) -> tuple[int, str]:
+    """(bytes, description): an upper estimate of abTEM's working memory: per configuration its exit wave,
+    the result copy and one transmission function in flight (3 complex64 grids), plus ~8 grids for the
+    potential slices, FFT buffers and propagator."""
+    cell = np.abs(np.diag(np.asarray(atoms.cell.array, dtype=np.float64)))
+    nx, ny = (int(np.ceil(c / float(sampling))) for c in cell[:2])
+    n = max(int(n_configurations), 1)
+    return nx * ny * 8 * (3 * n + 8), f"grid {nx} x {ny}, {n} wave{'s' if n != 1 else ''}"
+
+
+def _n_configurations(atoms: Atoms, configurations) -> int:
+    return max(1, np.asarray(configurations).size // max(3 * len(atoms), 1))
+
+
 def exit_waves_abtem(atoms: Atoms, configurations: np.ndarray, sampling: float = 0.1, energy: float = 300e3,
                      slice_thickness: float = 2.0, parametrization: str = "lobato",
                      device: str = "cpu") -> np.ndarray:
     """Exit waves with abTEM for each (N, 3) configuration of ``atoms``: complex64 (P, nx, ny)."""
+    check_memory("simulation (abtem engine)", *memory_estimate(atoms, _n_configurations(atoms, configurations), sampling))
     abtem = _abtem()
     dev = "gpu" if str(device).startswith("cuda") else "cpu"
     members = []

@@ -31,6 +31,7 @@ import numpy as np
 from ase import Atoms
 
 from ..errors import InputError
+from ..limits import check_memory
 from .physics import wavelength
 from .torch_engine import Grid, slicing
 
@@ -204,10 +205,28 @@ def _write_xyz(atoms: Atoms, path: Path) -> None:
         fh.write("-1\n")
 
 
+def memory_estimate(cell: np.ndarray, n_configurations: int, sampling: float,
+                    slice_thickness: float) -> tuple[int, str]:
+    """(bytes, description): an upper estimate of the working memory of one Prismatic run and our
+    post-processing. Prismatic's potential grid has twice our resolution (4x the points) and it keeps the
+    projected potential (float32) and transmission function (complex64) of every slice; on our side the
+    output waves, complex128 propagation/resampling buffers (~8 complex64 grids)."""
+    grid = Grid.from_sampling(cell, sampling)
+    nx, ny = grid.gpts
+    n_slices, _ = slicing(float(cell[2]), slice_thickness)
+    n = max(int(n_configurations), 1)
+    fine = 4 * nx * ny
+    return fine * n_slices * (4 + 8) + fine * 8 * 4 + nx * ny * 8 * (n + 8), \
+        f"grid {nx} x {ny}, {n_slices} slices, {n} wave{'s' if n != 1 else ''}"
+
+
 def exit_waves_prismatic(atoms: Atoms, configurations: np.ndarray, sampling: float = 0.1, energy: float = 300e3,
                          slice_thickness: float = 2.0, parametrization: str = "kirkland", phonons: int = 0,
                          seed: int = 0, rms=None) -> np.ndarray:
     """Exit waves with Prismatic for each configuration: complex64 (P, nx, ny) on our grid."""
+    check_memory("simulation (prismatic engine)",
+                 *memory_estimate(np.asarray(atoms.cell.lengths(), dtype=np.float64), np.asarray(configurations).size // max(3 * len(atoms), 1),
+                                  sampling, slice_thickness))
     if not available():
         raise InputError("engine 'prismatic' needs pyprismatic >= 2 (conda install -c conda-forge pyprismatic)")
     import pyprismatic

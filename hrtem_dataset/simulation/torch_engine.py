@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import check_memory
 from .physics import interaction_parameter, wavelength
 from .potentials import get_parametrization
 
@@ -252,6 +253,32 @@ def _chunk_bytes(grid: Grid, oversampling: int) -> tuple[int, int]:
     return plane, target
 
 
+def _batch_size(grid: Grid, max_memory: int) -> int:
+    """Waves propagated at once: (psi, buf, transmission) x 2 of them fit ``max_memory``, at least one."""
+    nx, ny = grid.gpts
+    return max(1, int(max_memory // (2 * nx * ny * 8 * 3)))
+
+
+def memory_estimate(grid: Grid, n_waves: int, max_memory: int = DEFAULT_MAX_MEMORY,
+                    structure_factors: str = "nufft", n_species: int = 1,
+                    device: str | torch.device = "cpu") -> int:
+    """Peak working memory (bytes) of :func:`multislice` for ``n_waves`` waves on ``grid``, an upper estimate.
+
+    The output (n_waves complex64 grids), the waves in flight (psi + FFT buffer per wave of a sub-batch),
+    the constant tables and their float64/complex128 temporaries (~8 complex64 grids), and the slice
+    chunks of transmission functions being built (at least one slice of every wave of the sub-batch and
+    species, per pipeline worker + 1), which :func:`_multislice_batch` never splits further.
+    """
+    nx, ny = grid.gpts
+    wave = nx * ny * 8
+    n = max(int(n_waves), 1)
+    batch = min(_batch_size(grid, max_memory), n)
+    plane, target = _chunk_bytes(grid, STRUCTURE_FACTORS.get(structure_factors, (1.0, 0))[0])
+    workers = _pipeline_workers(resolve_device(device))
+    chunk = batch * (max(int(n_species), 1) * plane + target)
+    return int(wave * (n + 2 * batch + 8) + (workers + 1) * chunk)
+
+
 def multislice(specimens: Sequence[_Specimen], cell: Sequence[float], sampling: float = 0.1,
                energy: float = 300e3, slice_thickness: float = 2.0, parametrization: str = "lobato",
                device: str | torch.device = "cpu", max_memory: int = DEFAULT_MAX_MEMORY,
@@ -263,11 +290,15 @@ def multislice(specimens: Sequence[_Specimen], cell: Sequence[float], sampling: 
     """
     device = resolve_device(device)
     grid = Grid.from_sampling(cell, sampling)
+    n_species = len(np.unique(np.concatenate([np.asarray(s.numbers).ravel() for s in specimens]))) \
+        if len(specimens) else 0
+    check_memory("simulation (torch engine)",
+                 memory_estimate(grid, len(specimens), max_memory, structure_factors, n_species, device),
+                 f"grid {grid.gpts[0]} x {grid.gpts[1]}, {len(specimens)} wave{'s' if len(specimens) != 1 else ''}")
     n_slices, dz = slicing(cell[2], slice_thickness)
     tables = _tables(grid, float(energy), str(parametrization), device, structure_factors)
     nx, ny = grid.gpts
-    wave_bytes = nx * ny * 8 * 3
-    batch = max(1, int(max_memory // (2 * wave_bytes)))
+    batch = _batch_size(grid, max_memory)
     out = torch.empty((len(specimens), nx, ny), dtype=torch.complex64, device=device)
     for start in range(0, len(specimens), batch):
         sub = specimens[start:start + batch]
@@ -514,5 +545,5 @@ def waves_from_arrays(positions: np.ndarray, numbers: np.ndarray) -> list[_Speci
 
 
 __all__ = ["Grid", "antialias_aperture", "fresnel_propagator", "multislice", "projected_potential",
-           "resolve_device", "slicing", "waves_from_arrays", "DEFAULT_MAX_MEMORY"]
+           "memory_estimate", "resolve_device", "slicing", "waves_from_arrays", "DEFAULT_MAX_MEMORY"]
 
