@@ -513,8 +513,9 @@ def images_summary(spec: DatasetSpec, shard: int, root=None) -> dict:
             if not np.all(np.isfinite(img)):
                 nonfinite += 1
             else:  # counts when a dose is set: mean = I * dose * pixel area
-                dose = (row.get("conditions") or {}).get("dose")
-                scale = float(dose) * float(row["pixel_size"]) ** 2 if dose else 1.0
+                cond = row.get("conditions") or {}
+                dose, px = cond.get("dose"), cond.get("recorded_pixel_size") or row["pixel_size"]
+                scale = float(dose) * float(px) ** 2 if dose else 1.0
                 means.append(float(img.mean()) / scale)
         m = row["mask"]
         cover.append(float(np.count_nonzero(m)) / m.size)

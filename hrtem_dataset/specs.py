@@ -293,6 +293,9 @@ class ImagingDistributionSpec(Strict):
     structure's calibrated zero defocus (minimum contrast of the particles in vacuum), defocus = -C10."""
 
     pixel_size: float = Field(0.2, gt=0.01, le=5.0, description="output pixel size, Å")
+    recorded_pixel_size: Param | None = Field(
+        None, description="detector pixel size, Å: the image is recorded (MTF, dose noise) at this size and "
+        "resampled to pixel_size like `hrtem segment` resamples a micrograph; None = pixel_size")
     defocus: Param = 0.0
     Cs: Param = Field(0.0, description="spherical aberration C30, Å")
     aberrations: dict[str, Param] = Field(
@@ -320,6 +323,13 @@ class ImagingDistributionSpec(Strict):
                 out.append(float(v))
             return out
 
+        if self.recorded_pixel_size is not None:
+            try:
+                vals = numbers(self.recorded_pixel_size)
+            except ValueError as exc:
+                raise ValueError(f"recorded_pixel_size: {exc}") from None
+            if min(vals) <= 0.01 or max(vals) > 5.0:
+                raise ValueError(f"recorded_pixel_size: must be in (0.01, 5] Å, got {min(vals)}..{max(vals)}")
         for name in ("defocus", "Cs", "focal_spread", "angular_spread"):
             try:
                 vals = numbers(getattr(self, name))
@@ -416,6 +426,9 @@ class ModelTrainingSpec(Strict):
     decoder_channels: list[int] | None = Field(
         None, description="decoder widths, one per stage (default 256, 128, 64, 32, 16 cut to the depth)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    augment: Literal["dihedral", "realistic"] = Field(
+        "dihedral", description="training augmentation: the 8 dihedral transforms, or those plus the "
+        "degradations of real recording and processing (models.augment)")
 
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
@@ -453,6 +466,12 @@ class DatasetSpec(Strict):
             raise ValueError(f"imaging.pixel_size ({self.imaging.pixel_size} Å) is finer than "
                              f"simulation.sampling ({self.simulation.sampling} Å): images are Fourier-cropped "
                              "from the exit waves, never interpolated up")
+        rec = self.imaging.recorded_pixel_size
+        if rec is not None:
+            lo = min(rec.values) if isinstance(rec, Choice) else (rec.min if isinstance(rec, Uniform) else rec)
+            if float(lo) < self.simulation.sampling:
+                raise ValueError(f"imaging.recorded_pixel_size ({lo} Å) is finer than simulation.sampling "
+                                 f"({self.simulation.sampling} Å)")
         return self
 
     @property

@@ -28,6 +28,7 @@ import numpy as np
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.seeding import derive_seed
 
+from .augment import degrade
 from .imageio import IMAGE_SUFFIXES, read_image, read_mask, resample, rescaled_shape
 
 
@@ -153,12 +154,53 @@ def load_samples(dataset: str | Path, config: str | None = None, split: str = "t
     return samples
 
 
+MANIFEST = "MANIFEST.csv"
+
+
+def read_manifest(folder: str | Path, path: str | Path | None = None) -> dict[str, float]:
+    """Per-image pixel sizes (Å) from ``path`` or ``folder/MANIFEST.csv`` (columns ``name,pixel_size_angstrom``;
+    other columns are ignored; ``name`` is the image's file name with or without suffix). ``{}`` when
+    ``path`` is None and the folder has no manifest."""
+    import csv
+
+    if path is None:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            return {}
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: pixel-size CSV not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read ({type(exc).__name__})") from None
+    if not rows or not {"name", "pixel_size_angstrom"} <= set(rows[0]):
+        raise InputError(f"{path}: needs the columns name,pixel_size_angstrom")
+    out: dict[str, float] = {}
+    for i, row in enumerate(rows, start=2):
+        name, value = (row.get("name") or "").strip(), (row.get("pixel_size_angstrom") or "").strip()
+        try:
+            px = float(value)
+        except ValueError:
+            raise InputError(f"{path} line {i}: pixel_size_angstrom {value!r} is not a number") from None
+        if not (math.isfinite(px) and 0.005 < px <= 100.0):
+            raise InputError(f"{path} line {i}: pixel_size_angstrom must be in (0.005, 100] Å, got {value}")
+        if not name:
+            raise InputError(f"{path} line {i}: empty name")
+        out[Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name] = px
+    return out
+
+
 def load_user_folder(folder: str | Path, *, pixel_size: float | None = None,
-                     require_masks: bool = True) -> list[Sample]:
+                     require_masks: bool = True, require_pixel_size: bool = False,
+                     pixel_sizes: str | Path | None = None) -> list[Sample]:
     """Labelled micrographs from ``folder`` (layouts in the module docstring), sorted by name.
 
-    ``pixel_size`` (Å) overrides the files' calibration. Images without a mask raise :class:`InputError`
-    when ``require_masks``.
+    Pixel size per image (Å): ``pixel_size`` if given, else the image's row of ``folder/MANIFEST.csv``
+    (columns ``name,pixel_size_angstrom``; or the CSV ``pixel_sizes``), else the file's own calibration. Images without a mask raise
+    :class:`InputError` when ``require_masks``, images without a pixel size when ``require_pixel_size``.
+    Everything is checked before anything is returned.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -172,17 +214,19 @@ def load_user_folder(folder: str | Path, *, pixel_size: float | None = None,
     images = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise InputError(f"user data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    manifest = read_manifest(folder, pixel_sizes)
     out = []
     for p in images:
-        img, px = read_image(p)
         m = mask_of(p)
-        if m.is_file():
-            mask = read_mask(m, img.shape)
-        elif require_masks:
+        if require_masks and not m.is_file():
             raise InputError(f"user data {p}: no mask {m.name} (masks are PNGs with the image's name)")
-        else:
-            mask = None
-        out.append(Sample(img, mask, float(pixel_size) if pixel_size else px, p.stem))
+        img, px = read_image(p)
+        mask = read_mask(m, img.shape) if m.is_file() else None
+        px = float(pixel_size) if pixel_size else manifest.get(p.stem, px)
+        if require_pixel_size and not px:
+            raise InputError(f"user data {p}: no pixel size (give --pixel-size, a {MANIFEST} row "
+                             "name,pixel_size_angstrom, or a calibrated file)")
+        out.append(Sample(img, mask, px, p.stem))
     return out
 
 
@@ -241,12 +285,14 @@ class CropBatches:
     """
 
     def __init__(self, samples: list[Sample], crop: int, batch_size: int, seed: int,
-                 samples_per_epoch: int | None = None, augment: bool = True):
+                 samples_per_epoch: int | None = None, augment: bool | str = True):
         if any(s.mask is None for s in samples):
             raise InputError("training data: every image needs a mask")
         self.images = [_pad_to(standardize(s.image), crop, "reflect") for s in samples]
         self.masks = [_pad_to(s.mask.astype(np.int64), crop, "constant") for s in samples]
-        self.crop, self.batch_size, self.seed, self.augment = int(crop), int(batch_size), int(seed), augment
+        self.crop, self.batch_size, self.seed = int(crop), int(batch_size), int(seed)
+        self.augment = bool(augment)
+        self.realistic = augment == "realistic"  # + degradations of real recording (models.augment)
         self.samples_per_epoch = int(samples_per_epoch or len(samples))
 
     @property
@@ -270,6 +316,8 @@ class CropBatches:
                 if self.augment:
                     k, t = int(rng.integers(4)), bool(rng.integers(2))
                     x, y = dihedral(x, k, t), dihedral(y, k, t)
+                if self.realistic:
+                    x = degrade(x, rng)
                 xs.append(np.ascontiguousarray(x))
                 ys.append(np.ascontiguousarray(y))
             yield np.stack(xs)[:, None], np.stack(ys)

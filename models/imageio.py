@@ -188,18 +188,11 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
 
 
 def resample(image: np.ndarray, shape: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    """Resample a 2-D array to ``shape``: antialiased bilinear for images, nearest for masks."""
-    import torch
-    import torch.nn.functional as F
+    """Resample a 2-D array to ``shape``: antialiased bilinear for images, nearest for masks
+    (:func:`hrtem_dataset.imaging.resample.interpolate`, the resampling the datasets' images use too)."""
+    from hrtem_dataset.imaging.resample import interpolate
 
-    if tuple(image.shape) == tuple(shape):
-        return image
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    if nearest:
-        out = F.interpolate(t, size=tuple(shape), mode="nearest-exact")
-        return out[0, 0].numpy().astype(image.dtype)
-    out = F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=True)
-    return out[0, 0].numpy()
+    return interpolate(image, shape, nearest=nearest)
 
 
 def rescaled_shape(shape: tuple[int, int], pixel_size: float, target_pixel_size: float) -> tuple[int, int]:

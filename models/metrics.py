@@ -137,10 +137,12 @@ class SegmentationMetrics:
     area_rel_error: list[float] = field(default_factory=list)
     diameter_error: list[float] = field(default_factory=list)
     diameter_in_angstrom: bool = True
+    image_f1: list[float] = field(default_factory=list)
 
     def update(self, pred: np.ndarray, target: np.ndarray, pixel_size: float | None = None,
                detection: bool = True) -> None:
         tp, fp, fn, tn = confusion(pred, target)
+        self.image_f1.append(scores_from_counts(tp, fp, fn)["f1"])
         self.tp += tp
         self.fp += fp
         self.fn += fn
@@ -171,6 +173,8 @@ class SegmentationMetrics:
     def compute(self) -> dict[str, float | int]:
         out: dict[str, float | int] = scores_from_counts(self.tp, self.fp, self.fn)
         out["n_images"] = self.n_images
+        f1s = [f for f in self.image_f1 if math.isfinite(f)]  # an image with no particle and none found: NaN
+        out["f1_image_mean"] = float(np.mean(f1s)) if f1s else float("nan")
         out["n_true_particles"] = self.n_true
         out["n_pred_particles"] = self.n_pred
         out["n_matched_particles"] = self.n_matched

@@ -31,6 +31,8 @@ def train_cmd(
     image_size: int = typer.Option(None, "--image-size", help="Random crop size (default: whole images)."),
     init_from: str = typer.Option(None, "--init-from", help="Model folder, Hub id or checkpoint to start from."),
     freeze: str = typer.Option(None, "--freeze", help="encoder | decoder (transfer learning)."),
+    augment: str = typer.Option("dihedral", "--augment", help="dihedral | realistic (adds the degradations "
+                                "of real recording and processing: median filter, blur, gain, clipping, 8-bit)."),
     user_data: Path = typer.Option(None, "--user-data", help="Folder of labelled micrographs to train on."),
     user_pixel_size: float = typer.Option(None, "--user-pixel-size", help="Pixel size (Å) of --user-data images."),
     seed: int = typer.Option(0, "--seed"),
@@ -54,7 +56,8 @@ def train_cmd(
     res = train(dataset, out, config=config, user_data=user_data, user_pixel_size=user_pixel_size,
                 device=device, resume=resume, progress=progress, val_every=val_every, encoder=encoder, encoder_depth=encoder_depth,
                 decoder_channels=channels, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
-                schedule=schedule, image_size=image_size, init_from=init_from, freeze=freeze, seed=seed)
+                schedule=schedule, image_size=image_size, init_from=init_from, freeze=freeze, seed=seed,
+                augment=augment)
     typer.echo(json.dumps(json_safe({**res["metrics"], "steps": res["steps"], "time_s": res["time_s"],
                                      "model_dir": res["model_dir"]})))
 
@@ -75,18 +78,31 @@ def evaluate_cmd(
 
 
 def segment_cmd(
-    image: Path = typer.Argument(..., help="Micrograph: dm3, dm4, mrc, tif, png."),
+    image: Path = typer.Argument(..., help="Micrograph (dm3, dm4, mrc, tif, png), or a folder of them."),
     model: str = typer.Option(..., "--model", help="Model folder or Hub model id."),
-    out: Path = typer.Option(..., "--out", help="Mask PNG (class indices 0/1); the CSV goes next to it."),
+    out: Path = typer.Option(..., "--out", help="Mask PNG (class indices 0/1; the CSV goes next to it); for a "
+                             "folder: a new or empty output folder (NAME.png + NAME.csv + summary.csv)."),
     pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size in Å (overrides the file's calibration)."),
+    pixel_sizes: Path = typer.Option(None, "--pixel-sizes", help="Folder mode: CSV name,pixel_size_angstrom "
+                                     "(default: FOLDER/MANIFEST.csv when present, else each file's calibration)."),
     csv_path: Path = typer.Option(None, "--csv", help="Per-particle CSV (default: OUT with suffix .csv)."),
     tile: int = typer.Option(512, "--tile", help="Tile size for large images (pixels at the model's pixel size)."),
     overlap: int = typer.Option(64, "--overlap"),
     device: str = typer.Option("auto", "--device"),
+    progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bar on stderr (folder mode)."),
 ) -> None:
-    """Segment a micrograph: writes the mask PNG and a per-particle CSV; prints a one-line summary."""
-    from models.inference import segment
+    """Segment a micrograph or a folder of micrographs: mask PNG + per-particle CSV each; prints one JSON line."""
+    from models.inference import segment, segment_folder
 
+    if image.is_dir():
+        if csv_path is not None:
+            raise InputError("--csv: not used for a folder (each image gets OUT/NAME.csv)")
+        res = segment_folder(image, model, out, pixel_size=pixel_size, pixel_sizes=pixel_sizes, tile=tile,
+                             overlap=overlap, device=device, progress=progress)
+        typer.echo(json.dumps(res))
+        return
+    if pixel_sizes is not None:
+        raise InputError("--pixel-sizes: only for a folder of micrographs (use --pixel-size for one image)")
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the mask is written as PNG, use a .png name")
     res = segment(image, model, out=out, csv_path=csv_path, pixel_size=pixel_size, tile=tile, overlap=overlap,

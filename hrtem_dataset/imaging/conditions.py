@@ -9,7 +9,7 @@ Each condition dict (JSON-able) has: ``image_index``, ``series_index`` (or None)
 ``defocus`` [Å, relative to the structure's calibrated zero defocus, = −C10, > 0 underfocus],
 ``Cs`` [Å], ``aberrations`` (Krivanek C_nm [Å] / phi_nm [rad]), ``semiangle_cutoff`` [mrad or None],
 ``focal_spread`` [Å], ``angular_spread`` [mrad], ``dose`` [e/Å² or None], ``mtf`` (dict),
-``read_noise`` [counts] and ``noise_seed`` (int, for :func:`.image.render_image`).
+``read_noise`` [counts], ``recorded_pixel_size`` [Å, only when the spec sets it] and ``noise_seed`` (int, for :func:`.image.render_image`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def _draw(spec: ImagingDistributionSpec, seed: int, index: int) -> dict:
         "mtf": dict(spec.mtf),
         "read_noise": float(spec.read_noise),
     }
+    if spec.recorded_pixel_size is not None:  # drawn last: configurations without it keep their streams
+        cond["recorded_pixel_size"] = _num(sample_param(spec.recorded_pixel_size, g), "recorded_pixel_size")
     for key in ("focal_spread", "angular_spread"):
         if cond[key] < 0:
             raise InputError(f"imaging.{key}: must be >= 0, got {cond[key]}")

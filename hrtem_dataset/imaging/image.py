@@ -28,7 +28,7 @@ from ._common import as_pair, complex_tensor, phonon_stack, resolve_device
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
 from .detector import mtf_rfft, poisson_counts, validate_mtf
-from .resample import crop_spectrum, resampled_sampling, resampled_shape
+from .resample import crop_spectrum, interpolate, resampled_sampling, resampled_shape
 
 _SCALAR_KEYS = ("semiangle_cutoff", "focal_spread", "angular_spread", "dose", "read_noise")
 
@@ -242,7 +242,9 @@ def render_image(
     device: str | None = "cpu",
 ) -> np.ndarray:
     """One detector image, float32 (m_x, m_y) at ``conditions["pixel_size"]`` (grid of
-    :func:`.resample.resampled_shape`), with coherence envelopes, MTF and dose noise applied.
+    :func:`.resample.resampled_shape`), with coherence envelopes, MTF and dose noise applied. With
+    ``conditions["recorded_pixel_size"]`` the image is recorded (Fourier crop, MTF, dose noise) on that
+    detector grid and then resampled to ``pixel_size`` with :func:`.resample.interpolate`.
 
     ``conditions``: one dict of :func:`.conditions.sample_imaging_conditions` (``defocus`` relative to
     ``zero_defocus`` [Å]). Counts per pixel when ``conditions["dose"]`` is set, else intensity (vacuum = 1).
@@ -255,13 +257,14 @@ def render_image(
     cond = conditions_to_tensors([conditions], zero_defocus, dev)
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed) & ((1 << 63) - 1))
-    out = image_batch(
-        _waves_4d(waves, dev),
-        sampling,
-        energy,
-        cond,
-        pixel_size=float(conditions["pixel_size"]),  # type: ignore[arg-type]
-        generator=gen,
-        mtf=conditions.get("mtf") or None,  # type: ignore[arg-type]
-    )
+    w = _waves_4d(waves, dev)
+    pixel_size = float(conditions["pixel_size"])  # type: ignore[arg-type]
+    recorded = conditions.get("recorded_pixel_size")
+    recorded = pixel_size if recorded is None else float(recorded)  # type: ignore[arg-type]
+    if not (math.isfinite(recorded) and recorded > 0):
+        raise InputError(f"conditions.recorded_pixel_size: must be > 0 Å, got {recorded}")
+    out = image_batch(w, sampling, energy, cond, pixel_size=recorded, generator=gen,
+                      mtf=conditions.get("mtf") or None)  # type: ignore[arg-type]
+    if recorded != pixel_size:  # recorded on a coarser/finer detector, delivered on the labels' grid
+        out = interpolate(out, resampled_shape(w.shape[-2:], as_pair(sampling, "sampling"), pixel_size))
     return out[0].cpu().numpy().astype(np.float32)

@@ -103,3 +103,30 @@ def resample(image, sampling: float | Sequence[float], pixel_size: float | Seque
     if tuple(image.shape[-2:]) == shape:
         return image
     return fourier_crop(image, shape)
+
+
+def interpolate(image, shape: Sequence[int], *, nearest: bool = False):
+    """Resample a recorded (non-periodic) 2-D image to ``shape``: antialiased bilinear, or nearest for masks.
+
+    This is how a micrograph is brought to a model's pixel size at inference (``hrtem segment``), and how
+    an image recorded at ``recorded_pixel_size`` is delivered at ``pixel_size`` in a dataset: one function,
+    so training data and inference see the same resampling. numpy in -> numpy out, torch in -> torch out.
+    """
+    import torch.nn.functional as F
+
+    m = (int(shape[-2]), int(shape[-1]))
+    is_numpy = not isinstance(image, torch.Tensor)
+    if tuple(image.shape[-2:]) == m:
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) if is_numpy else image.to(torch.float32)
+    lead = t.shape[:-2]
+    t4 = t.reshape(-1, 1, *t.shape[-2:])
+    if nearest:
+        out = F.interpolate(t4, size=m, mode="nearest-exact")
+    else:
+        out = F.interpolate(t4, size=m, mode="bilinear", align_corners=False, antialias=True)
+    out = out.reshape(*lead, *m)
+    if is_numpy:
+        out = out.numpy()
+        return out.astype(np.asarray(image).dtype) if nearest else out
+    return out
