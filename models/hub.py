@@ -45,9 +45,62 @@ def _clean(v: Any) -> Any:
     return v
 
 
+REAL_EVALUATION_NAME = "real_evaluation.json"
+
+
+def _real_section(real: dict | None) -> str:
+    """Markdown of recorded evaluations on folders of labelled real micrographs (``hrtem evaluate --record``)."""
+    if not real:
+        return ""
+    out = ["## Evaluation on real micrographs",
+           "Pixel F1 pooled over all images of a folder, the mean of the per-image F1, and particle detection F1;",
+           "each image is resampled from its own pixel size to the model's.", "",
+           "| data | images | pixel sizes (Å) | pooled F1 | mean per-image F1 | detection F1 |", "|---|---|---|---|---|---|"]
+    per_lines = []
+    for name, r in sorted(real.items()):
+        px = [p["pixel_size"] for p in r.get("per_image", []) if p.get("pixel_size")]
+        rng = f"{min(px):.3g}–{max(px):.3g}" if px else "n/a"
+        f = lambda v: f"{v:.3f}" if isinstance(v, int | float) and math.isfinite(v) else "n/a"  # noqa: E731
+        out.append(f"| `{name}` | {r.get('n_images', 'n/a')} | {rng} | {f(r.get('f1'))} | "
+                   f"{f(r.get('f1_image_mean'))} | {f(r.get('detection_f1'))} |")
+        per_lines += [f"| `{name}` | {p['name']} | {p.get('pixel_size') or 'n/a'} | {f(p.get('f1'))} |"
+                      for p in r.get("per_image", [])]
+    if per_lines:
+        out += ["", "| data | image | pixel size (Å) | F1 |", "|---|---|---|---|", *per_lines]
+    return "\n".join(out) + "\n"
+
+
+def read_real_evaluations(model_dir: str | Path) -> dict:
+    p = Path(model_dir) / REAL_EVALUATION_NAME
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError):
+        raise InputError(f"{p}: not valid JSON") from None
+
+
+def record_real_evaluation(model_dir: str | Path, name: str, result: dict) -> Path:
+    """Store an evaluation on a folder of real micrographs in ``MODEL/real_evaluation.json`` and re-render
+    the model card with it (the simulated metrics of ``config.json`` stay as they are)."""
+    d = Path(model_dir)
+    meta = read_config(d)
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
+    real = read_real_evaluations(d)
+    keep = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1", "n_images", "per_image")
+    real[str(name)] = _clean({k: result.get(k) for k in keep})
+    atomic_write_text(d / REAL_EVALUATION_NAME, json.dumps(real, indent=1, sort_keys=True) + "\n")
+    dataset = meta.get("dataset") or {}
+    return atomic_write_text(d / CARD_NAME, model_card(ModelConfig.from_dict(meta["model"]),
+                                                       n_parameters=meta.get("n_parameters"),
+                                                       metrics=meta.get("metrics") or {}, dataset=dataset,
+                                                       training=meta.get("training") or {}, real=real))
+
+
 def model_card(config: ModelConfig, *, n_parameters: int | None = None, metrics: dict | None = None,
-               dataset: dict | None = None, training: dict | None = None, model_name: str | None = None) -> str:
-    """Model card text (YAML metadata with model-index + markdown) built with huggingface_hub.ModelCard."""
+               dataset: dict | None = None, training: dict | None = None, model_name: str | None = None,
+               real: dict | None = None) -> str:
+    """Model card text (YAML metadata with model-index + markdown) built with huggingface_hub.ModelCard.
+    ``real``: recorded evaluations on folders of real micrographs (:func:`record_real_evaluation`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset = dataset or {}
@@ -74,6 +127,10 @@ def model_card(config: ModelConfig, *, n_parameters: int | None = None, metrics:
         datasets=[ds_id] if ds_is_hub else None, metrics=["iou", "f1", "precision", "recall"],
         eval_results=eval_results or None)
     px = f"{config.pixel_size:.4g} Å" if config.pixel_size else "unknown (not recorded)"
+    rec = dataset.get("recorded_pixel_size")
+    if rec:
+        px += (f"; trained on images recorded at {min(rec):.3g}–{max(rec):.3g} Å/px and resampled to it, so "
+               f"micrographs in that range are in its training distribution")
     params = "\n".join(f"| {k} | {v} |" for k, v in training.items() if not isinstance(v, dict | list))
     metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     content = f"""---
@@ -110,6 +167,7 @@ noise; labels from the particles' exit-wave phase) following Rangel DaCosta et a
 |---|---|
 {metric_rows}
 
+{_real_section(real)}
 ## Usage
 ```python
 from models import from_pretrained, segment
@@ -171,7 +229,8 @@ def card_with_evaluation(model_dir: str | Path, metrics: dict, split: str) -> Pa
     dataset["n_eval"] = metrics.get("n_images", "n/a")
     return atomic_write_text(d / CARD_NAME, model_card(config, n_parameters=meta.get("n_parameters"),
                                                        metrics=metrics, dataset=dataset,
-                                                       training=meta.get("training") or {}))
+                                                       training=meta.get("training") or {},
+                                                       real=read_real_evaluations(d)))
 
 
 def resolve_model_dir(model_id_or_dir: str | Path, revision: str | None = None) -> Path:

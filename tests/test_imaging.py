@@ -179,6 +179,34 @@ def test_render_image_is_seeded_cropped_and_counts_dose():
     assert a.mean() == pytest.approx(clean.mean() * 2000 * 0.04, rel=0.01)
 
 
+def test_recorded_pixel_size_records_on_the_detector_grid_and_delivers_on_the_labels_grid():
+    """An image recorded on a 0.2 Å or 0.8 Å detector is delivered on the 0.4 Å grid of the labels: counts
+    per recorded pixel (mean = dose · p_rec²), and the shot noise of the recording — downsampling 0.2 -> 0.4
+    averages it (≥ 2× lower relative noise than at 0.2 Å), upsampling 0.8 -> 0.4 does not create signal."""
+    vacuum = np.ones((2, 320, 320), np.complex64)
+    base = {"pixel_size": 0.4, "defocus": 0.0, "Cs": 0.0, "aberrations": {}, "semiangle_cutoff": None,
+            "focal_spread": 0.0, "angular_spread": 0.0, "dose": 5000.0, "mtf": {}, "read_noise": 0.0}  # fmt: skip
+    rel = {}
+    for rec in (0.2, 0.4, 0.8):
+        img = render_image(vacuum, 0.1, 300e3, {**base, "recorded_pixel_size": rec}, 0.0, seed=3)
+        assert img.shape == (80, 80)
+        assert img.mean() == pytest.approx(5000 * rec**2, rel=0.01)
+        rel[rec] = img.std() / img.mean()
+    native = render_image(vacuum, 0.1, 300e3, {**base, "pixel_size": 0.2}, 0.0, seed=3)
+    rel_native = native.std() / native.mean()
+    assert rel_native == pytest.approx(1 / math.sqrt(5000 * 0.04), rel=0.05)  # Poisson at 0.2 Å
+    assert rel[0.2] < rel_native / 2
+    assert rel[0.8] < 1 / math.sqrt(5000 * 0.64) * 1.05  # no more noise than the 0.8 Å recording had
+    # without recorded_pixel_size the conditions stream is unchanged (old datasets keep their bytes)
+    spec = ImagingDistributionSpec(pixel_size=0.4, defocus=Uniform(min=-100, max=100), images_per_structure=3)
+    spec_rec = spec.model_copy(update={"recorded_pixel_size": Uniform(min=0.2, max=0.8)})
+    plain, with_rec = sample_imaging_conditions(spec, 5), sample_imaging_conditions(spec_rec, 5)
+    assert [c["defocus"] for c in plain] == [c["defocus"] for c in with_rec]
+    assert "recorded_pixel_size" not in plain[0] and all(0.2 <= c["recorded_pixel_size"] <= 0.8 for c in with_rec)
+    with pytest.raises(Exception, match="recorded_pixel_size"):
+        ImagingDistributionSpec(pixel_size=0.4, recorded_pixel_size=Uniform(min=0.0, max=0.8))
+
+
 # ---------------------------------------------------------------------------------------------- resampling
 
 

@@ -210,3 +210,31 @@ def test_real_dev_measurement(tmp_path):
     assert res["f1"] < 0.6
     with pytest.raises(InputError):
         load_user_folder(REAL_DEV, pixel_sizes=tmp_path / "absent.csv")
+
+
+def test_evaluate_record_puts_real_evaluation_in_the_model_card(tmp_path):
+    from models.build import build_model
+    from models.hub import save_pretrained
+
+    unet = build_model("tu-resnet18", encoder_depth=2, decoder_channels=(16, 8))
+    unet.hrtem_config.pixel_size = 0.5
+    save_pretrained(unet, tmp_path / "m", metrics={"f1": 0.91}, training={"steps": 1},
+                    dataset={"id": "sim", "recorded_pixel_size": [0.2, 0.8]})
+    config_before = (tmp_path / "m" / "config.json").read_bytes()
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "recorded at 0.2–0.8 Å/px" in card and "Evaluation on real micrographs" not in card
+    write_folder(tmp_path / "lab-set", [("a", 0.5, 20, 20), ("b", 0.4, 20, 25)])
+    rc, out, err = run_cli(["evaluate", "--model", tmp_path / "m", "--dataset", tmp_path / "lab-set",
+                            "--device", "cpu", "--record"])
+    assert rc == 0, err
+    res = json.loads(out)
+    rec = json.loads((tmp_path / "m" / "real_evaluation.json").read_text())
+    assert rec["lab-set"]["f1"] == pytest.approx(res["f1"]) and len(rec["lab-set"]["per_image"]) == 2
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "## Evaluation on real micrographs" in card and "`lab-set` | 2 | 0.4–0.5 |" in card
+    assert "| 0.9100 |" in card  # the simulated metrics stay
+    assert (tmp_path / "m" / "config.json").read_bytes() == config_before
+    # --record needs a folder of micrographs
+    rc, out, err = run_cli(["evaluate", "--model", tmp_path / "m", "--dataset", tmp_path / "nothing",
+                            "--device", "cpu", "--record"])
+    assert rc == 2 and err.startswith("error: --record")

@@ -69,11 +69,21 @@ def evaluate_cmd(
     split: str = typer.Option("test", "--split"),
     pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size (Å) of micrograph-folder images."),
     device: str = typer.Option("auto", "--device"),
+    record: bool = typer.Option(False, "--record", help="Folder of real micrographs: store the result in "
+                                "MODEL/real_evaluation.json and show it in the model card."),
 ) -> None:
-    """Evaluate a model; prints ONE JSON line (iou, f1, precision, recall, detection statistics)."""
+    """Evaluate a model; prints ONE JSON line (iou, f1, precision, recall, detection statistics; for a folder
+    of labelled micrographs pooled and per-image F1)."""
+    from models.data import _is_user_folder
     from models.evaluate import evaluate, json_safe
 
+    if record and not (Path(model).is_dir() and _is_user_folder(Path(dataset))):
+        raise InputError("--record: needs a local model folder and a folder of labelled micrographs")
     res = evaluate(model, dataset, config, split, pixel_size=pixel_size, device=device)
+    if record:
+        from models.hub import record_real_evaluation
+
+        record_real_evaluation(model, Path(dataset).resolve().name, res)
     typer.echo(json.dumps(json_safe(res)))
 
 
