@@ -406,7 +406,8 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         # search the minimum-contrast plane over the particles' heights (faster and never outside them)
         has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
         # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
-        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms))
+        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
+                                             steps=tuple(spec.imaging.calibration_steps)))
                 if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
         calib_s += time.perf_counter() - t
         scene = dict(atoms.info.get("scene") or {})

@@ -309,6 +309,10 @@ class ImagingDistributionSpec(Strict):
     images_per_structure: int = Field(1, ge=1, le=1000)
     series: SeriesSpec | None = None
     calibrate_zero_defocus: bool = True
+    calibration_steps: list[float] = Field(
+        default_factory=lambda: [1.0, 0.1], min_length=1, max_length=4,
+        description="zero-defocus search steps, Å, coarse to fine (paper: 1 then 0.1; each ≤ 2 Å keeps the "
+        "few-Å features of crystalline particles' contrast curves)")
 
     @model_validator(mode="after")
     def _physical(self) -> ImagingDistributionSpec:
@@ -356,6 +360,9 @@ class ImagingDistributionSpec(Strict):
                 raise ValueError("series.values: doses must be > 0 e/Å²")
             if self.series.param in ("focal_spread", "angular_spread") and min(self.series.values) < 0:
                 raise ValueError(f"series.values: {self.series.param} must be >= 0")
+        st = self.calibration_steps
+        if not all(math.isfinite(v) and 0 < v <= 10 for v in st) or any(b >= a for a, b in zip(st, st[1:])):
+            raise ValueError(f"calibration_steps: need decreasing steps in (0, 10] Å, got {st}")
         if self.mtf:
             from .imaging.detector import validate_mtf
 
