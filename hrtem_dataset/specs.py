@@ -361,7 +361,7 @@ class ImagingDistributionSpec(Strict):
             if self.series.param in ("focal_spread", "angular_spread") and min(self.series.values) < 0:
                 raise ValueError(f"series.values: {self.series.param} must be >= 0")
         st = self.calibration_steps
-        if not all(math.isfinite(v) and 0 < v <= 10 for v in st) or any(b >= a for a, b in zip(st, st[1:])):
+        if not all(math.isfinite(v) and 0 < v <= 10 for v in st) or any(b >= a for a, b in zip(st, st[1:], strict=False)):
             raise ValueError(f"calibration_steps: need decreasing steps in (0, 10] Å, got {st}")
         if self.mtf:
             from .imaging.detector import validate_mtf
