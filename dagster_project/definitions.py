@@ -1,4 +1,5 @@
-"""Dagster definitions: one asset group per dataset configuration YAML.
+"""Dagster definitions: one asset group per dataset configuration YAML and one per study YAML
+(``configs/studies/*.yaml`` or ``$HRTEM_STUDIES``; see :mod:`dagster_project.studies`).
 
 Load with ``dagster dev -m dagster_project`` (or ``dagster definitions validate -m dagster_project``).
 Which YAMLs: ``$HRTEM_CONFIGS`` (files or folders, ``os.pathsep``-separated), else ``./configs``, else the
@@ -32,6 +33,7 @@ from hrtem_dataset.errors import InputError
 
 from .assets import PARTITIONED, SIMULATION_POOL, DatasetConfigSource, build_config_assets, discover_configs
 from .resources import default_resources
+from .studies import build_study_assets, default_study_paths, discover_studies
 
 EXECUTORS = ("multiprocess", "in_process", "dask")
 
@@ -83,8 +85,11 @@ def group_jobs(src: DatasetConfigSource) -> list[dg.UnresolvedAssetJobDefinition
 
 
 def build_definitions(config_paths: Sequence[str | Path] | None = None, executor: str | None = None,
-                      resources: dict | None = None) -> dg.Definitions:
-    """Definitions for the dataset configurations at ``config_paths`` (files or folders of YAML)."""
+                      resources: dict | None = None,
+                      study_paths: Sequence[str | Path] | None = None) -> dg.Definitions:
+    """Definitions for the dataset configurations at ``config_paths`` (files or folders of YAML) and the
+    studies at ``study_paths`` (default ``$HRTEM_STUDIES``, else ``configs/studies``; only when
+    ``config_paths`` is not given explicitly, so a chosen configuration loads alone)."""
     sources = discover_configs(list(config_paths) if config_paths is not None else default_config_paths())
     executor = executor or os.environ.get("HRTEM_EXECUTOR") or "multiprocess"
     pool = None if executor == "dask" else SIMULATION_POOL
@@ -92,6 +97,13 @@ def build_definitions(config_paths: Sequence[str | Path] | None = None, executor
     for src in sources:
         assets.extend(build_config_assets(src, simulation_pool=pool))
         jobs.extend(group_jobs(src))
+    if study_paths is None and (config_paths is None or os.environ.get("HRTEM_STUDIES")):
+        study_paths = default_study_paths()
+    groups = {src.group for src in sources}
+    for study in discover_studies(list(study_paths or [])):
+        if study.group in groups:
+            raise InputError(f"{study.path}: study group {study.group!r} collides with a dataset configuration")
+        assets.extend(build_study_assets(study))
     return dg.Definitions(assets=assets, jobs=jobs, resources={**default_resources(), **(resources or {})},
                           executor=executor_for(executor))
 

@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize"]
+_COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize", "study"]
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,53 @@
+"""``hrtem study run SPEC.yaml --out DIR`` and ``hrtem study report DIR``: studies of training-set variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+study_app = typer.Typer(help="Studies: models trained on variants of a dataset, evaluated on identical sets.",
+                        no_args_is_help=True)
+
+
+@study_app.command("run")
+def run_command(
+    spec: Path = typer.Argument(..., help="study YAML (configs/studies/*.yaml)"),
+    out: Path = typer.Option(..., "--out", help="output folder: DIR/study/ (report), DIR/.dagster, DIR/.hrtem"),
+    workspace: Path | None = typer.Option(None, "--workspace",
+                                          help="intermediate artifacts (default $HRTEM_HOME, else DIR/.hrtem)"),
+    engine: str | None = typer.Option(None, "--engine", help="override the multislice engine"),
+    device: str | None = typer.Option(None, "--device", help="override the device (auto|cpu|cuda)"),
+) -> None:
+    """Materialize the study's assets in process (resumable: finished datasets, models and evaluations are
+    reused) and write DIR/study/: study.json, README.md (study card) and plots/*.png."""
+    from hrtem_dataset.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a folder")
+    from dagster_project.study_run import run_study, validate_study
+
+    validate_study(spec)  # bad spec or k too large for the real folder: exit 2, nothing written
+    try:
+        summary = run_study(spec, out, workspace=workspace, engine=engine, device=device,
+                            echo=lambda s: typer.echo(s, err=True))
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())[:2000]}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"report: {summary['report']}")
+    typer.echo(f"time:   {summary['seconds']:.1f} s ({summary['runs']} runs)")
+
+
+@study_app.command("report")
+def report_command(folder: Path = typer.Argument(..., help="a study folder (with study.json) or a --out DIR")) -> None:
+    """Re-render README.md and plots/*.png of a study folder from its study.json."""
+    from hrtem_dataset.studies import render_report
+
+    res = render_report(folder)
+    typer.echo(f"report: {res['path']} ({len(res['files'])} files)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(study_app, name="study")
