@@ -269,6 +269,23 @@ def test_multiply_twinned_particles_exact_size(shape, marks):
         assert ((d > 0.1) & (d < 1.05 * A_AU / math.sqrt(2))).sum() == 12
 
 
+@pytest.mark.parametrize("radius", [12.0, 20.0, 30.0])
+def test_decahedron_fills_all_five_segments_compactly(radius):
+    """Regression: the twin-plane walls of a decahedron segment (hull facets through the axis, offsets
+    ~1e-15) once entered the shape distance as λ ~ 1e16, so whole segments lost all their atoms and the
+    'decahedron' was a lopsided fragment. Each of the five twinned segments now holds a fifth of the atoms
+    (the random island of the last partial layer aside) and the particle is centred and compact."""
+    from hrtem_dataset.structures.shapes import _segments, mtp_template
+
+    spec = ParticleSpec(material="Au", shape="decahedron", radius=radius, orientation="[001]")
+    pos, _, rec = build_particle(spec, np.random.default_rng(1))
+    t = mtp_template("Au", A_AU, "decahedron", radius)
+    counts = np.bincount(_segments(pos - pos.mean(axis=0), t.twin_angle), minlength=5)
+    assert counts.min() >= 0.6 * counts.mean(), counts
+    rg = float(np.sqrt(((pos - pos.mean(axis=0)) ** 2).sum(axis=1).mean()))
+    assert rg < 0.85 * radius  # a ball has rg = 0.775 r; the broken fragments had rg ≈ 0.9 r
+
+
 # ---------------------------------------------------------------- scenes
 
 

@@ -192,6 +192,11 @@ def mtp_shape_distance(t: MTPTemplate) -> np.ndarray:
     lam = np.empty(len(p))
     for j, eq in enumerate(t.equations):
         m = seg == j
+        # facets through the origin (a decahedron segment's two twin-plane walls, offset ~1e-15) do not
+        # scale with λ: the segment assignment already keeps atoms between them; dividing by their ~0
+        # offsets gave λ ~ 1e16 (or NaN) to whole segments, which then lost all their atoms
+        outer = np.abs(eq[:, 3]) > 1e-6 * max(1.0, float(np.abs(eq[:, 3]).max()))
+        eq = eq[outer]
         lam[m] = np.max(p[m] @ (eq[:, :3] / -eq[:, 3:4]).T, axis=1)
     return lam
 
