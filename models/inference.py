@@ -153,6 +153,13 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
     resolve_device(device)  # before loading anything
     if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
         raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
+    if out is not None:  # output targets checked before any work: both files or neither, nothing foreign
+        target_csv = Path(csv_path) if csv_path is not None else Path(out).with_suffix(".csv")
+        for flag, path, suffix in (("--out", Path(out), ".png"), ("--csv", target_csv, ".csv")):
+            if path.is_dir():
+                raise InputError(f"{flag} {path}: is a folder, not a {suffix} file")
+            if path.suffix.lower() != suffix:
+                raise InputError(f"{flag} {path}: use a {suffix} name (other files are never overwritten)")
     if isinstance(model, str | Path):
         from .hub import from_pretrained
 

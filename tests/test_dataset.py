@@ -209,6 +209,11 @@ def test_no_structure_in_two_splits(built, tmp_path):
     assert not report.passed and sorted(report.shared["train/test"]) == ["s00000", "s00001", "s00002"]
     assert main(["dataset", "check", str(bad)]) == 2
     assert main(["dataset", "check", str(folder), "--config", "tiny"]) == 0
+    # --config is a configuration name, never a path out of the folder
+    elsewhere = tmp_path / "elsewhere"
+    write_dataset_config(make_rows(spec), spec, elsewhere)
+    assert main(["dataset", "check", str(folder), "--config", "../elsewhere/data/tiny"]) == 2
+    assert main(["dataset", "check", str(folder), "--config", "nope"]) == 2
 
 
 def test_bad_rows_name_the_column_and_keep_the_folder(built, tmp_path):

@@ -313,3 +313,26 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_segment_output_targets_checked_before_any_work(tiny_model, tmp_path):
+    """--out that is a folder, or a --csv that would overwrite a non-CSV file, is refused up front:
+    nothing is written and nothing existing changes."""
+    from PIL import Image
+
+    img = tmp_path / "mic.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(img)
+    (tmp_path / "dir.png").mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, out, err = run_cli(["segment", img, "--model", tiny_model, "--out", tmp_path / "dir.png",
+                            "--pixel-size", "0.2", "--device", "cpu"])
+    assert rc == 2 and out == ""
+    one_error_line(err, "--out", "dir.png", "folder")
+    rc, out, err = run_cli(["segment", img, "--model", tiny_model, "--out", tmp_path / "m.png",
+                            "--csv", notes, "--pixel-size", "0.2", "--device", "cpu"])
+    assert rc == 2
+    one_error_line(err, "--csv", "notes.txt")
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not any((tmp_path / "dir.png").iterdir())

@@ -57,9 +57,14 @@ def check_command(
     from ..dataset.writer import check_no_leakage
     from ..errors import InputError
 
-    names = config or [spec.config_name for spec, _ in read_configs(folder)]
+    known = [spec.config_name for spec, _ in read_configs(folder)]
+    names = config or known
     if not names:
         raise InputError(f"{folder}: no dataset configuration found")
+    for name in names:  # a name, never a path: nothing outside the dataset folder is read
+        if name not in known:
+            raise InputError(f"--config {name!r}: not a configuration of {folder} "
+                             f"(has: {', '.join(known) or 'none'})")
     failed = []
     for name in names:
         report = check_no_leakage(folder, name)
