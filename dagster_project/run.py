@@ -13,6 +13,7 @@ per-structure files that already exist (all artifacts are written atomically).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -74,6 +75,32 @@ def materialize_config(config: str | Path, out_dir: str | Path, *, workspace: st
                  "simulation": SimulationEngine(engine=engine, device=device),
                  "publish_target": PublishTarget(local_dir=str(out))}
     out.mkdir(parents=True, exist_ok=True)
+    with _single_writer(out):
+        return _materialize(src, spec, out, root, assets, resources, echo)
+
+
+LOCK_NAME = ".hrtem-materialize.lock"
+
+
+@contextlib.contextmanager
+def _single_writer(out: Path):
+    """One ``hrtem materialize`` per output folder: a second writer exits with one line instead of
+    interleaving its files with the first's (an OS file lock, released when the process ends)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"--out {out}: another `hrtem materialize` is writing to this folder "
+                         "(wait for it to finish, or use another --out)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _materialize(src, spec, out: Path, root: Path, assets, resources, echo) -> dict:
     g = src.group
     t_start = time.perf_counter()
     summary: dict = {"config": str(src.path), "group": g, "config_name": spec.config_name, "dataset": str(out / "dataset"), "workspace": str(root),

@@ -336,3 +336,32 @@ def test_segment_output_targets_checked_before_any_work(tiny_model, tmp_path):
     one_error_line(err, "--csv", "notes.txt")
     assert notes.read_text() == "my notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not any((tmp_path / "dir.png").iterdir())
+
+
+def test_second_materialize_writer_on_one_folder_is_refused(tmp_path):
+    """While one process holds an output folder, a second `hrtem materialize` into it exits 2 with one
+    line before writing anything (no second SQLite instance, no interleaved files)."""
+    from filelock import FileLock
+
+    from dagster_project.run import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"l = FileLock({str(out / LOCK_NAME)!r}); l.acquire(); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+        r = subprocess.run([sys.executable, "-m", "hrtem_dataset.cli", "materialize", str(config), "--out", str(out)],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+        assert r.returncode == 2, r.stderr
+        one_error_line(r.stderr, "--out", "another `hrtem materialize` is writing")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # no .dagster, no workspace
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone the lock is free again (an OS lock dies with its process)
+    lock = FileLock(str(out / LOCK_NAME), timeout=0)
+    lock.acquire()
+    lock.release()
