@@ -26,9 +26,20 @@ from .errors import InputError, format_validation_error
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, assignments are validated."""
+    """Base: unknown keys are errors, assignments are validated, NaN and ±inf are never valid numbers, and a
+    boolean is not a number (YAML ``true`` is not 1 Å)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                v = data.get(name)
+                if isinstance(v, bool) and field.annotation in (float, int, float | None, int | None):
+                    raise ValueError(f"{name}: expected a number, got {str(v).lower()}")
+        return data
 
 
 # --------------------------------------------------------------------------------------------------

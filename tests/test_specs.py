@@ -145,3 +145,16 @@ def test_dataset_spec_embeds_structures_and_rejects_bad_values():
 ])
 def test_distribution_physical_ranges(data, field):
     assert field in _one_line_error(data, StructureDistributionSpec)
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"cell": {"x": True, "y": 64.0}}, "cell: x"),
+    ({"cell": {"x": 64.0, "y": 64.0}, "vacuum": float("inf")}, "vacuum"),
+    ({"cell": {"x": 64.0, "y": 64.0}, "particles": [{"material": "Au", "radius": 10.0, "tilt_mrad": float("nan")}]},
+     "particles.0.tilt_mrad"),
+])
+def test_nan_inf_and_booleans_are_not_numbers(bad, field):
+    from hrtem_dataset.specs import SceneSpec
+
+    with pytest.raises(InputError, match=field):
+        validate_spec(bad, SceneSpec)
