@@ -102,8 +102,8 @@ class TrainConfig:
             raise InputError(f"--lr: must be > 0, got {self.lr}")
         if self.augment not in AUGMENTATIONS:
             raise InputError(f"augment: must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.image_size is not None and self.image_size < 16:
-            raise InputError(f"image_size: must be >= 16, got {self.image_size}")
+        if self.image_size is not None and not 16 <= self.image_size <= 4096:
+            raise InputError(f"--image-size: must be in 16..4096 pixels, got {self.image_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,6 +303,8 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     if unknown:
         raise TypeError(f"train() got unexpected keyword arguments {sorted(unknown)}")
     cfg = TrainConfig(**hyper).check()
+    if int(val_every) < 1:
+        raise InputError(f"--val-every: must be >= 1, got {val_every}")
     if dataset is None and user_data is None:
         raise InputError("--dataset or --user-data: training needs data")
     dev = _device(device)

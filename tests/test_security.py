@@ -365,3 +365,12 @@ def test_second_materialize_writer_on_one_folder_is_refused(tmp_path):
     lock = FileLock(str(out / LOCK_NAME), timeout=0)
     lock.acquire()
     lock.release()
+
+
+@pytest.mark.parametrize("flag,value", [("--val-every", "0"), ("--image-size", "100000"), ("--image-size", "8")])
+def test_train_rejects_out_of_range_numbers_before_writing(dataset_dir, tmp_path, flag, value):
+    rc, out, err = run_cli(["train", "--dataset", dataset_dir, "--config", "default", "--out", tmp_path / "o",
+                            "--steps", "1", "--device", "cpu", "--quiet", flag, value])
+    assert rc == 2 and out == ""
+    one_error_line(err, flag)
+    assert not (tmp_path / "o").exists()
