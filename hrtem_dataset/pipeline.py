@@ -640,7 +640,7 @@ def publish_dataset(spec: DatasetSpec, root=None, dest: str | Path | None = None
 def _model_fingerprint(spec: DatasetSpec, root) -> str:
     """What a trained model depends on: the training data (imaged samples + split sizes), the model
     hyper-parameters (not ``min_f1``, which is only a check threshold) and the seed."""
-    model = spec.model.model_dump(mode="json", exclude={"min_f1"}) if spec.model else None
+    model = spec.model.model_dump(mode="json", exclude={"min_f1", "threshold"}) if spec.model else None
     return spec_hash({"images": images_fingerprint(spec, root), "splits": spec.splits.model_dump(mode="json"),
                       "config": spec.config_name, "model": model, "seed": spec.seed})
 
@@ -661,6 +661,9 @@ def train_model(spec: DatasetSpec, root=None, *, device: str | None = None, forc
     complete = (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     t0 = time.perf_counter()
     if complete and not force and fp_file.exists() and fp_file.read_text().strip() == fp:
+        from models.hub import set_threshold
+
+        set_threshold(out, spec.model.threshold)  # the operating point is not trained: no retraining
         metrics = json.loads((out / ".hrtem-metrics.json").read_text()) if (out / ".hrtem-metrics.json").exists() else {}
         return {"path": str(out), "reused": True, "seconds": time.perf_counter() - t0, **_flat_numbers(metrics)}
     if fp_file.exists() and fp_file.read_text().strip() != fp:

@@ -444,6 +444,9 @@ class ModelTrainingSpec(Strict):
     decoder_channels: list[int] | None = Field(
         None, description="decoder widths, one per stage (default 256, 128, 64, 32, 16 cut to the depth)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="operating point stored with the model: a "
+                             "pixel is particle when P(particle) > threshold (0.5 = arg-max); not a training "
+                             "hyper-parameter (changing it re-evaluates, it does not retrain)")
     augment: Literal["dihedral", "realistic"] = Field(
         "dihedral", description="training augmentation: the 8 dihedral transforms, or those plus the "
         "degradations of real recording and processing (models.augment)")

@@ -41,6 +41,7 @@ class ModelConfig:
     class_names: tuple[str, ...] = CLASS_NAMES
     pixel_size: float | None = None
     normalization: str = "per-image-standardization"
+    threshold: float = 0.5  # particle where P(particle) > threshold: the operating point (0.5 = arg-max)
     architecture: str = "Unet"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -27,7 +27,7 @@ def train_from_spec(dataset_dir: str | Path, config_name: str | None, spec: Mode
     kw: dict[str, Any] = {"encoder": spec.encoder, "epochs": spec.epochs, "steps": spec.steps,
                           "batch_size": spec.batch_size, "lr": spec.lr, "image_size": spec.image_size,
                           "seed": int(seed)}
-    for extra in ("encoder_depth", "decoder_channels", "schedule", "dice_weight", "augment"):
+    for extra in ("encoder_depth", "decoder_channels", "schedule", "dice_weight", "augment", "threshold"):
         if getattr(spec, extra, None) is not None:
             kw[extra] = getattr(spec, extra)
     res = train(dataset_dir, out_dir, config=config_name, progress=progress, device=device, **kw)

@@ -151,7 +151,8 @@ noise; labels from the particles' exit-wave phase) following Rangel DaCosta et a
   or the file's calibration (dm3/dm4/mrc/tif).
 - One intensity channel; {config.normalization} (zero mean, unit standard deviation per image) is applied
   by the inference code.
-- Output: class indices per pixel (0 = background/substrate, 1 = particle).
+- Output: class indices per pixel (0 = background/substrate, 1 = particle): particle where
+  P(particle) > {config.threshold:g} (the operating point stored in `config.json`; 0.5 is the arg-max).
 
 ## Training data
 - Dataset: {f"{dataset['name']}, " if dataset.get("name") else ""}`{ds_id}`{f" (config `{dataset.get('config')}`)" if dataset.get("config") else ""}{f", version {dataset['version']}" if dataset.get("version") else ""}{f", spec hash `{dataset['spec_hash']}`" if dataset.get("spec_hash") else ""}
@@ -327,3 +328,27 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
         except Exception as exc:  # HTTP errors, auth, network; the message never contains the token
             raise InputError(f"push to {repo_id}: upload failed ({type(exc).__name__})") from None
     return str(getattr(info, "commit_url", info))
+
+
+def set_threshold(model_dir: str | Path, threshold: float) -> bool:
+    """Change the operating point stored with a saved model (``config.json`` ``model.threshold`` and the
+    card) without retraining; returns True when it changed. The ``metrics`` recorded at training time keep
+    the threshold they were measured at (``training.metrics_threshold``)."""
+    d = Path(model_dir)
+    meta = read_config(d)
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
+    old = float(meta["model"].get("threshold", 0.5))
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"threshold: must be in (0, 1), got {threshold}")
+    if old == float(threshold):
+        return False
+    meta["model"]["threshold"] = float(threshold)
+    training = meta.setdefault("training", {})
+    training.setdefault("metrics_threshold", old)
+    atomic_write_text(d / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(d / CARD_NAME, model_card(ModelConfig.from_dict(meta["model"]),
+                                                n_parameters=meta.get("n_parameters"),
+                                                metrics=meta.get("metrics") or {}, dataset=meta.get("dataset") or {},
+                                                training=training, real=read_real_evaluations(d)))
+    return True

@@ -104,7 +104,8 @@ def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes:
 
 
 def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw) -> np.ndarray:
-    """Binary particle mask (uint8 0/1) of ``image`` on its own grid.
+    """Binary particle mask (uint8 0/1) of ``image`` on its own grid: P(particle) above the model's
+    ``threshold`` (its operating point, 0.5 unless the model was saved with another).
 
     When both ``pixel_size`` (Å) and the model's training pixel size are known and differ by more than 1 %,
     the image is resampled to the model's pixel size first and the probabilities back afterwards.
@@ -122,6 +123,9 @@ def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw
     prob = predict_proba(model, img, **kw)
     if prob.shape[1:] != shape:
         prob = np.stack([resample(p, shape) for p in prob])
+    threshold = float(getattr(model.hrtem_config, "threshold", 0.5))
+    if prob.shape[0] == 2:  # binary: the model's operating point (0.5 is the arg-max)
+        return (prob[1] > threshold).astype(np.uint8)
     return (np.argmax(prob, axis=0) == 1).astype(np.uint8)
 
 

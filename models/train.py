@@ -87,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     augment: str = "dihedral"
+    threshold: float = 0.5
 
     def check(self) -> TrainConfig:
         if self.schedule not in SCHEDULES:
@@ -100,6 +101,8 @@ class TrainConfig:
             raise InputError(f"--steps: must be >= 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr: must be > 0, got {self.lr}")
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise InputError(f"threshold: must be in (0, 1), got {self.threshold}")
         if self.augment not in AUGMENTATIONS:
             raise InputError(f"augment: must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.image_size is not None and not 16 <= self.image_size <= 4096:
@@ -382,7 +385,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     # ---- resume ------------------------------------------------------------------------------------
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
-    fingerprint = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
+    fingerprint = {"train": {k: v for k, v in cfg.to_dict().items() if k != "threshold"}, "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
                    "dataset": str(dataset), "config": config, "user_data": str(user_data) if user_data else None}
     fingerprint = json.loads(json.dumps(fingerprint))
     step, start_epoch, history, skip_batches, epoch_acc = 0, 0, [], 0, None
@@ -483,6 +486,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
 
     # ---- final evaluation and model folder ---------------------------------------------------------
     model.eval()
+    mcfg.threshold = float(cfg.threshold)  # the operating point the saved model (and its metrics) use
     metrics = validate(model, val, device=dev, detection=True) if val else {}
     metrics = {k: v for k, v in metrics.items()}
     if history:

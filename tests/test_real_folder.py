@@ -238,3 +238,32 @@ def test_evaluate_record_puts_real_evaluation_in_the_model_card(tmp_path):
     rc, out, err = run_cli(["evaluate", "--model", tmp_path / "m", "--dataset", tmp_path / "nothing",
                             "--device", "cpu", "--record"])
     assert rc == 2 and err.startswith("error: --record")
+
+
+def test_model_threshold_is_the_operating_point_and_changes_without_retraining(tmp_path):
+    """A model's stored threshold decides particle pixels (P(particle) > threshold); set_threshold changes it
+    in config.json and the card, keeps the weights, and the same image then gives the expected masks."""
+    from models.build import build_model
+    from models.hub import from_pretrained, save_pretrained, set_threshold
+    from models.inference import predict_mask, predict_proba
+
+    torch.manual_seed(0)
+    unet = build_model("tu-resnet18", encoder_depth=2, decoder_channels=(16, 8))
+    unet.hrtem_config.pixel_size = 0.5
+    save_pretrained(unet, tmp_path / "m", metrics={"f1": 0.5})
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    model = from_pretrained(tmp_path / "m")
+    p = predict_proba(model, img)[1]
+    assert np.array_equal(predict_mask(model, img), (p > 0.5).astype(np.uint8))  # default: arg-max
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    thr = float(np.quantile(p, 0.3))  # a threshold that marks ~70 % of the pixels
+    assert set_threshold(tmp_path / "m", thr) and not set_threshold(tmp_path / "m", thr)
+    model = from_pretrained(tmp_path / "m")
+    assert model.hrtem_config.threshold == pytest.approx(thr)
+    assert np.array_equal(predict_mask(model, img), (p > thr).astype(np.uint8))
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["training"]["metrics_threshold"] == 0.5
+    assert f"P(particle) > {thr:g}" in (tmp_path / "m" / "README.md").read_text()
+    with pytest.raises(InputError):
+        set_threshold(tmp_path / "m", 1.5)
