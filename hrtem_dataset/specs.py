@@ -17,10 +17,18 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InputError, format_validation_error
 
@@ -455,13 +463,23 @@ class ModelTrainingSpec(Strict):
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
 
+def _semver(v: str) -> str:
+    if not _SEMVER.match(v):
+        raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {v!r}")
+    return v
+
+
+SemVer = Annotated[str, AfterValidator(_semver)]
+"""A semantic version string (MAJOR.MINOR.PATCH[-pre][+build]) — datasets and studies."""
+
+
 class DatasetSpec(Strict):
     """The whole dataset configuration (one YAML file in ``configs/``)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="dataset repo name, e.g. hrtem-au-carbon")
     config_name: str = Field("default", pattern=r"^[a-z0-9][a-z0-9._-]*$", description="HF configuration name")
     kind: Literal["images", "exit_waves"] = "images"
-    version: str = "0.1.0"
+    version: SemVer = "0.1.0"
     description: str = ""
     license: str = Field("cc-by-4.0", pattern=r"^[a-z0-9][a-z0-9.+-]*$",
                          description="license id of the published data (Hub dataset card)")
@@ -473,13 +491,6 @@ class DatasetSpec(Strict):
     splits: SplitSpec = Field(default_factory=SplitSpec)
     shard_size: int = Field(4, ge=1, description="structures per shard (= Dagster partition)")
     model: ModelTrainingSpec | None = None
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        if not _SEMVER.match(v):
-            raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _pixel_size_vs_sampling(self) -> DatasetSpec:

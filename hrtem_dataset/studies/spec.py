@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..errors import InputError
 from ..seeding import spec_hash
-from ..specs import _SEMVER, DatasetSpec, ModelTrainingSpec, Strict, load_spec, read_yaml, validate_spec
+from ..specs import DatasetSpec, ModelTrainingSpec, SemVer, Strict, load_spec, read_yaml, validate_spec
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ class StudySpec(Strict):
     """One study YAML (see the module docstring)."""
 
     name: str = Field(pattern=NAME, description="study name (asset key prefix, report title)")
-    version: str = "0.1.0"
+    version: SemVer = "0.1.0"
     description: str = ""
     license: str = Field("cc-by-4.0", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
     seed: int = Field(0, ge=0, description="root of the training seeds (derive_seed(seed, 'train', i))")
@@ -91,13 +91,6 @@ class StudySpec(Strict):
     training: ModelTrainingSpec
     evaluation: EvaluationSetsSpec
     metric: Literal["f1", "iou", "detection_f1", "f1_image_mean", "precision", "recall"] = "f1"
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        if not _SEMVER.match(v):
-            raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {v!r}")
-        return v
 
     @field_validator("quantity")
     @classmethod
