@@ -159,7 +159,14 @@ _ZONE_RE = re.compile(r"^\[\s*-?\d+\s*,?\s*-?\d+\s*,?\s*-?\d+\s*\]$")
 
 def _check_orientation(v: str) -> str:
     v = v.strip()
-    if v == "random" or _ZONE_RE.match(v):
+    if v == "random":
+        return v
+    if _ZONE_RE.match(v):
+        parts = v.strip("[]").replace(",", " ").split()
+        # "[110]" is three single-digit indices (as structures.particles.parse_zone_axis reads it)
+        idx = [int(t) for t in (re.findall(r"-?\d", parts[0]) if len(parts) == 1 else parts)]
+        if all(i == 0 for i in idx) or max(abs(i) for i in idx) > 100:
+            raise ValueError(f"orientation {v!r}: zone-axis indices must be within ±100 and not all zero")
         return v
     raise ValueError(f"orientation must be 'random' or a zone axis like '[110]', got {v!r}")
 
@@ -483,7 +490,7 @@ class DatasetSpec(Strict):
     description: str = ""
     license: str = Field("cc-by-4.0", pattern=r"^[a-z0-9][a-z0-9.+-]*$",
                          description="license id of the published data (Hub dataset card)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63, description="root seed (every sample's seed derives from it)")
     structures: StructureDistributionSpec = Field(default_factory=StructureDistributionSpec)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     imaging: ImagingDistributionSpec = Field(default_factory=ImagingDistributionSpec)

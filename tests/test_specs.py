@@ -158,3 +158,22 @@ def test_nan_inf_and_booleans_are_not_numbers(bad, field):
 
     with pytest.raises(InputError, match=field):
         validate_spec(bad, SceneSpec)
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"name": "x", "seed": 2**70}, "seed"),
+    ({"name": "x", "structures": {"particles": {"orientation": {"values": ["[99999999999999999999 1 0]"]}}}},
+     "orientation"),
+    ({"name": "x", "structures": {"particles": {"orientation": {"values": ["[0 0 0]"]}}}}, "orientation"),
+])
+def test_out_of_range_seeds_and_zone_axes_rejected(bad, field):
+    with pytest.raises(InputError, match=field):
+        validate_spec(bad, DatasetSpec)
+
+
+def test_publish_revision_tag_is_a_plain_name(tmp_path):
+    from hrtem_dataset.dataset.publish import publish
+
+    for tag in ("../../x", "a/b", ".hidden", ""):
+        with pytest.raises(InputError, match="--revision"):
+            publish(tmp_path, "org/name", revision=tag, dry_run=True)

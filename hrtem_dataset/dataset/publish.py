@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,8 @@ def publish(folder: str | Path, repo_id: str, revision: str | None = None, dry_r
     from .card import hub_tag
 
     folder = Path(folder)
+    if revision is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}", revision):
+        raise InputError(f"--revision: a tag is letters, digits and . _ + - (no '/' or '..'), got {revision!r}")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
