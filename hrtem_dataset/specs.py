@@ -1,6 +1,6 @@
 """Pydantic specs: one :class:`DatasetSpec` (YAML in ``configs/``) travels end to end.
 
-Units (see DESIGN.md): lengths in Å, beam energy in eV, angles in mrad, dose in e/Å², surface energies
+Units: lengths in Å, beam energy in eV, angles in mrad, dose in e/Å², surface energies
 in arbitrary consistent units. Unknown keys are rejected (``extra="forbid"``) and unphysical values raise
 with a message that names the field; :func:`load_spec` turns both into :class:`~hrtem_dataset.errors.InputError`.
 
@@ -220,7 +220,7 @@ class ParticleSpec(Strict):
 
 
 class SceneSpec(Strict):
-    """One concrete scene (CONTRACT.md), accepted by ``hrtem structures build``."""
+    """One concrete scene, accepted by ``hrtem structures build``."""
 
     cell: CellSpec
     substrate: SubstrateSpec | None = None

@@ -20,7 +20,7 @@ def _check_seed(seed: int) -> int:
 
 @structures_app.command("build")
 def build_command(
-    spec_path: Path = typer.Argument(..., metavar="SPEC.yaml", help="scene spec (CONTRACT.md)"),
+    spec_path: Path = typer.Argument(..., metavar="SPEC.yaml", help="scene spec (SceneSpec YAML: cell, substrate, particles)"),
     seed: int = typer.Option(0, "--seed", help="seed of the scene (substrate, defects, orientations)"),
     out: Path = typer.Option(..., "--out", help="output extxyz file"),
     prismatic: Path | None = typer.Option(None, "--prismatic", help="also write the Prismatic XYZ file here"),

@@ -162,7 +162,7 @@ def image_intensity(
     angular_spread: float = 0.0,
     device: str | None = "cpu",
 ) -> np.ndarray:
-    """Phonon-averaged HRTEM image intensity on the simulation grid (CONTRACT.md); float32 (nx, ny).
+    """Phonon-averaged HRTEM image intensity on the simulation grid; float32 (nx, ny).
 
     ``waves``: complex (nx, ny) or (phonons, nx, ny), vacuum |ψ| = 1 -> vacuum intensity 1.
     ``defocus`` [Å] = −C10 (> 0 underfocus), ``Cs`` = C30 [Å], ``aberrations`` extra Krivanek

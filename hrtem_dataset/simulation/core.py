@@ -139,7 +139,7 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
 def simulate_exit_wave(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1, slice_thickness: float = 2.0,
                        parametrization: str = "lobato", engine: str = "torch", phonons: int = 0, seed: int = 0,
                        device: str = "cpu", **kwargs) -> np.ndarray:
-    """Exit wave of ``atoms`` (CONTRACT.md): complex64 (nx, ny), or (phonons, nx, ny) when phonons > 0.
+    """Exit wave of ``atoms``: complex64 (nx, ny), or (phonons, nx, ny) when phonons > 0.
 
     Plane-wave illumination along +z, energy in eV, sampling and slice thickness in Å; the wave is at the
     exit surface (bottom of the cell), normalised so that vacuum has |ψ| = 1; ``gpts = ceil(cell /
@@ -158,7 +158,7 @@ def particle_only(atoms: Atoms) -> Atoms:
 
 
 def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Full-scene waves (with phonons) and particle-only waves (static) for one scene (CONTRACT.md).
+    """Full-scene waves (with phonons) and particle-only waves (static) for one scene.
 
     ``spec`` is a :class:`~hrtem_dataset.specs.SimulationSpec`; ``device="auto"`` uses CUDA when available.
     Returns ``scene`` complex64 (P, nx, ny) with P = max(phonons, 1), ``particles`` complex64 (nx, ny),

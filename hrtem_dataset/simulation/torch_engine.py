@@ -1,6 +1,6 @@
 """The project's own multislice engine in PyTorch (CPU and CUDA run the same code).
 
-Physics and conventions (DESIGN.md):
+Physics and conventions:
 
 - Grid: ``gpts = ceil(L / sampling)`` per axis as in abTEM, actual sampling ``L / gpts``; arrays are
   indexed ``[x, y]``; spatial frequencies k in 1/Å (no 2π), ``k = fftfreq(n, d)``.

@@ -1,6 +1,6 @@
 """Structure builder: crystals, particle shapes, planar defects, amorphous carbon, scenes, sampling.
 
-Public interface (TEAM.md): :func:`build_scene`, :func:`sample_scene_spec`, :func:`write_extxyz`,
+Public interface: :func:`build_scene`, :func:`sample_scene_spec`, :func:`write_extxyz`,
 :func:`read_extxyz`, :func:`write_prismatic_xyz`, :func:`particle_atoms`.
 """
 
