@@ -423,31 +423,38 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
     return [*assets, trained_model, model_evaluation, published_model]
 
 
-def discover_configs(paths: list[str | Path]) -> list[DatasetConfigSource]:
-    """Dataset configurations from YAML files and folders of ``*.yaml`` (sorted; duplicate groups rejected)."""
+def discover_sources(paths: list[str | Path], load, kind: str, patterns: tuple[str, ...] = ("*.yaml", "*.yml")) -> list:
+    """Sources (dataset configurations, studies) loaded by ``load`` from YAML files and folders (sorted;
+    duplicate groups rejected). A broken YAML in a scanned folder is skipped with a warning; a broken file
+    named explicitly raises. ``kind`` names the sources in messages."""
     files: list[tuple[Path, bool]] = []  # (file, named explicitly)
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files.extend((f, False) for f in sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")))
+            files.extend((f, False) for pattern in patterns for f in sorted(p.glob(pattern)))
         elif p.exists():
             files.append((p, True))
         else:
-            raise InputError(f"{p}: no such configuration file or folder")
-    out: dict[str, DatasetConfigSource] = {}
+            raise InputError(f"{p}: no such {kind} file or folder")
+    out: dict = {}
     for f, explicit in files:
         try:
-            src = load_config(f)
+            src = load(f)
         except InputError as exc:
             if explicit:
                 raise
-            # one broken YAML in a scanned folder must not take down every other configuration
-            warnings.warn(f"skipping configuration {f}: {exc}", stacklevel=2)
+            # one broken YAML in a scanned folder must not take down every other source
+            warnings.warn(f"skipping {kind} {f}: {exc}", stacklevel=2)
             continue
         if src.group in out:
             raise InputError(f"{f}: group name {src.group!r} already used by {out[src.group].path}")
         out[src.group] = src
     return list(out.values())
+
+
+def discover_configs(paths: list[str | Path]) -> list[DatasetConfigSource]:
+    """Dataset configurations from YAML files and folders of ``*.yaml``/``*.yml``."""
+    return discover_sources(paths, load_config, "configuration")
 
 
 def describe(src: DatasetConfigSource) -> str:

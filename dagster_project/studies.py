@@ -15,7 +15,6 @@ species + positions hashes, in any variant's training set) and ``evaluation_matr
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +31,12 @@ from dagster import (
 )
 
 from hrtem_dataset import __version__
-from hrtem_dataset.errors import InputError
 from hrtem_dataset.studies import Study, load_study, parse_member_key
 from hrtem_dataset.studies import steps as st
 from hrtem_dataset.studies.report import plot_name, table
 
 from . import previews
-from .assets import _num, _stats_metadata, group_name_for
+from .assets import _num, _stats_metadata, discover_sources, group_name_for
 from .resources import PublishTarget, SimulationEngine, Workspace
 
 STUDY_ASSETS = ("evaluation_sets", "variant_datasets", "trained_models", "evaluation_matrix", "study_report")
@@ -69,25 +67,8 @@ def default_study_paths() -> list[Path]:
 
 
 def discover_studies(paths: list[str | Path]) -> list[StudySource]:
-    """Study specs from files and folders of ``*.yaml`` (a broken YAML in a scanned folder is skipped with
-    a warning; a broken file named explicitly raises)."""
-    out: dict[str, StudySource] = {}
-    for p in map(Path, paths):
-        files = [(f, False) for f in sorted(p.glob("*.yaml"))] if p.is_dir() else [(p, True)]
-        if not p.exists():
-            raise InputError(f"{p}: no such study file or folder")
-        for f, explicit in files:
-            try:
-                src = load_study_source(f)
-            except InputError as exc:
-                if explicit:
-                    raise
-                warnings.warn(f"skipping study {f}: {exc}", stacklevel=2)
-                continue
-            if src.group in out:
-                raise InputError(f"{f}: group name {src.group!r} already used by {out[src.group].path}")
-            out[src.group] = src
-    return list(out.values())
+    """Study specs from files and folders of ``*.yaml`` (see :func:`.assets.discover_sources`)."""
+    return discover_sources(paths, load_study_source, "study", ("*.yaml",))
 
 
 def study_code_version(study: Study) -> str:

@@ -507,8 +507,8 @@ class DatasetSpec(Strict):
                              "from the exit waves, never interpolated up")
         rec = self.imaging.recorded_pixel_size
         if rec is not None:
-            lo = min(rec.values) if isinstance(rec, Choice) else (rec.min if isinstance(rec, Uniform) else rec)
-            if float(lo) < self.simulation.sampling:
+            lo = param_bounds(rec)[0]
+            if lo < self.simulation.sampling:
                 raise ValueError(f"imaging.recorded_pixel_size ({lo} Å) is finer than simulation.sampling "
                                  f"({self.simulation.sampling} Å)")
         return self

@@ -9,7 +9,6 @@ mask on its own grid.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +56,7 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
 
 
 def json_safe(d: dict) -> dict:
-    """NaN/inf -> None so the dict serialises as strict JSON."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
+    """NaN/inf -> None (recursively; numpy scalars -> Python) so the dict serialises as strict JSON."""
+    from .hub import _clean
 
-    return clean(dict(d))
+    return _clean(dict(d))

@@ -498,11 +498,11 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     if user_data is not None:
         lineage["fine_tune_data"] = str(user_data)
     if dataset is not None and mcfg.pixel_size:  # the detector pixel sizes the training images cover
+        from hrtem_dataset.specs import param_bounds
+
         rec = getattr(_dataset_imaging(dataset, config, mcfg.pixel_size), "recorded_pixel_size", None)
         if rec is not None:
-            vals = [float(v) for v in (rec.values if hasattr(rec, "values") else
-                                       ([rec.min, rec.max] if hasattr(rec, "min") else [rec]))]
-            lineage["recorded_pixel_size"] = [min(vals), max(vals)]
+            lineage["recorded_pixel_size"] = list(param_bounds(rec))
     training = {**cfg.to_dict(), "steps_done": step, "crop": crop, "device": dev.type, "amp": use_amp,
                 "loss": f"cross-entropy + {cfg.dice_weight} x Dice", "optimizer": "Adam",
                 "augmentation": "per-image standardisation, random crop, 8 dihedral transforms" + (

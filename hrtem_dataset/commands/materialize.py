@@ -9,6 +9,17 @@ from pathlib import Path
 import typer
 
 
+def run_graph(run, *args, **kw) -> dict:
+    """Run an in-process Dagster graph (``run(*args, echo=..., **kw)``) with progress on stderr; a failed
+    step or blocking check (RuntimeError) becomes one ``error:`` line and exit code 1 (user errors, an
+    InputError, propagate: exit 2)."""
+    try:
+        return run(*args, echo=lambda s: typer.echo(s, err=True), **kw)
+    except RuntimeError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())[:2000]}", err=True)
+        raise typer.Exit(1) from None
+
+
 def materialize_command(
     config: Path = typer.Argument(..., help="dataset configuration YAML (a DatasetSpec, e.g. configs/demo.yaml)"),
     out: Path = typer.Option(Path("build"), "--out", help="output folder: DIR/dataset, DIR/model"),
@@ -31,14 +42,7 @@ def materialize_command(
 
     from dagster_project.run import materialize_config
 
-    try:
-        summary = materialize_config(config, out, workspace=workspace, engine=engine, device=device,
-                                     echo=lambda s: typer.echo(s, err=True))
-    except InputError:
-        raise
-    except RuntimeError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())[:2000]}", err=True)
-        raise typer.Exit(1) from None
+    summary = run_graph(materialize_config, config, out, workspace=workspace, engine=engine, device=device)
 
     cfg = Path(summary["config"])
     env = (f"DAGSTER_HOME={shlex.quote(summary['dagster_home'])} HRTEM_HOME={shlex.quote(summary['workspace'])} "

@@ -27,15 +27,10 @@ def run_command(
         raise InputError(f"--out: {out} exists and is not a folder")
     from dagster_project.study_run import run_study, validate_study
 
+    from .materialize import run_graph
+
     validate_study(spec)  # bad spec or k too large for the real folder: exit 2, nothing written
-    try:
-        summary = run_study(spec, out, workspace=workspace, engine=engine, device=device,
-                            echo=lambda s: typer.echo(s, err=True))
-    except InputError:
-        raise
-    except RuntimeError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())[:2000]}", err=True)
-        raise typer.Exit(1) from None
+    summary = run_graph(run_study, spec, out, workspace=workspace, engine=engine, device=device)
     typer.echo(f"report: {summary['report']}")
     typer.echo(f"time:   {summary['seconds']:.1f} s ({summary['runs']} runs)")
 

@@ -10,7 +10,6 @@ trains with ``derive_seed(study.seed, "train", s)`` for every variant (paired co
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -63,14 +62,11 @@ def _train(out: Path, fp: str, *, device=None, **kw) -> dict:
     return {"path": str(out), "fingerprint": fp, "reused": False, "metrics": metrics}
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    return v
+def _clean(d: dict) -> dict:
+    """JSON-safe metrics (NaN -> None, numpy scalars -> Python): :func:`models.evaluate.json_safe`."""
+    from models.evaluate import json_safe
+
+    return json_safe(d)
 
 
 def train_member(study: Study, variant: str, seed: int, root=None, *, device: str | None = None,
