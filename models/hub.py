@@ -2,10 +2,18 @@
 
 A model folder (= a Hub model repo) holds
 - ``model.safetensors`` — the weights (state dict, float32),
-- ``config.json`` — the :class:`~models.build.ModelConfig` (architecture, classes, expected pixel size,
-  input normalisation) plus training parameters and lineage of the training dataset,
-- ``README.md`` — a model card with a ``model-index`` (metrics on the evaluation split and the dataset it
-  was trained on), training parameters, the pixel size it expects, intended use and limitations.
+- ``config.json`` — segmentation-models-pytorch's own config (``_model_class`` and the ``smp.Unet``
+  arguments, ``encoder_weights: null``), so ``segmentation_models_pytorch.from_pretrained(DIR)`` loads the
+  same model without this package and without downloading anything,
+- ``hrtem.json`` — this package's metadata: the :class:`~models.build.ModelConfig` (expected pixel size,
+  normalisation, threshold, class names), training parameters, the training dataset (name, config,
+  version — never a local path), the metrics shown in the card and the model ``version``,
+- ``README.md`` — a model card (``library_name: segmentation-models-pytorch``) with a ``model-index``
+  (the same metrics as ``hrtem.json``), training parameters, the pixel size it expects, intended use and
+  limitations.
+
+Folders written before ``hrtem.json`` existed (everything in ``config.json``) still load; any update
+(:func:`set_threshold`, :func:`card_with_evaluation`) rewrites them in the new layout.
 
 ``from_pretrained`` loads offline from a local folder; anything else is treated as a Hub repo id and goes
 through ``huggingface_hub.snapshot_download`` (which fails cleanly with HF_HUB_OFFLINE=1 or no network).
@@ -27,9 +35,12 @@ from hrtem_dataset.io import atomic_path, atomic_write_text
 from .build import ModelConfig, build_model, count_parameters
 
 WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+CONFIG_NAME = "config.json"  # segmentation-models-pytorch's config (only smp's own keys)
+METADATA_NAME = "hrtem.json"  # this package's metadata (pixel size, threshold, training data, metrics)
 CARD_NAME = "README.md"
-LIBRARY_NAME = "hrtem-dataset"
+LIBRARY_NAME = "segmentation-models-pytorch"  # the card's library_name: the library that loads the weights
+PACKAGE_NAME = "hrtem-dataset"
+REPO_PLACEHOLDER = "<org>/{name}"  # load snippets before publishing; `hrtem publish` writes the real repo id
 
 
 def _clean(v: Any) -> Any:
@@ -82,34 +93,30 @@ def record_real_evaluation(model_dir: str | Path, name: str, result: dict) -> Pa
     """Store an evaluation on a folder of real micrographs in ``MODEL/real_evaluation.json`` and re-render
     the model card with it (the simulated metrics of ``config.json`` stay as they are)."""
     d = Path(model_dir)
-    meta = read_config(d)
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
+    meta = read_metadata(d)
     real = read_real_evaluations(d)
     keep = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1", "n_images", "per_image")
     real[str(name)] = _clean({k: result.get(k) for k in keep})
     atomic_write_text(d / REAL_EVALUATION_NAME, json.dumps(real, indent=1, sort_keys=True) + "\n")
-    dataset = meta.get("dataset") or {}
-    return atomic_write_text(d / CARD_NAME, model_card(ModelConfig.from_dict(meta["model"]),
-                                                       n_parameters=meta.get("n_parameters"),
-                                                       metrics=meta.get("metrics") or {}, dataset=dataset,
-                                                       training=meta.get("training") or {}, real=real))
+    return _write_card(d, meta, real=real)
 
 
 def model_card(config: ModelConfig, *, n_parameters: int | None = None, metrics: dict | None = None,
                dataset: dict | None = None, training: dict | None = None, model_name: str | None = None,
-               real: dict | None = None) -> str:
+               real: dict | None = None, repo_id: str | None = None) -> str:
     """Model card text (YAML metadata with model-index + markdown) built with huggingface_hub.ModelCard.
-    ``real``: recorded evaluations on folders of real micrographs (:func:`record_real_evaluation`)."""
+    ``real``: recorded evaluations on folders of real micrographs (:func:`record_real_evaluation`);
+    ``repo_id``: the Hub repo of the load snippets (default ``<org>/<model name>``, replaced on publishing)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset = dataset or {}
     training = training or {}
     metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
-    ds_id = dataset.get("id") or "local dataset"
     ds_is_hub = bool(dataset.get("hub"))
+    ds_id = dataset_label(dataset)
     split = dataset.get("eval_split", "validation")
     name = model_name or f"hrtem-unet-{config.encoder.removeprefix('tu-')}"
+    repo = repo_id or REPO_PLACEHOLDER.format(name=name)
     eval_results = [
         EvalResult(task_type="image-segmentation", task_name="Nanoparticle segmentation",
                    dataset_type=ds_id if ds_is_hub else "hrtem-simulated",
@@ -148,14 +155,14 @@ noise; labels from the particles' exit-wave phase) following Rangel DaCosta et a
 
 ## Expected input
 - **Pixel size: {px}.** `hrtem segment` and `models.segment` resample micrographs to it from `--pixel-size`
-  or the file's calibration (dm3/dm4/mrc/tif).
+  or the file's calibration (dm3/dm4/emd/ser/mrc/tif).
 - One intensity channel; {config.normalization} (zero mean, unit standard deviation per image) is applied
   by the inference code.
 - Output: class indices per pixel (0 = background/substrate, 1 = particle): particle where
-  P(particle) > {config.threshold:g} (the operating point stored in `config.json`; 0.5 is the arg-max).
+  P(particle) > {config.threshold:g} (the operating point stored in `hrtem.json`; 0.5 is the arg-max).
 
 ## Training data
-- Dataset: {f"{dataset['name']}, " if dataset.get("name") else ""}`{ds_id}`{f" (config `{dataset.get('config')}`)" if dataset.get("config") else ""}{f", version {dataset['version']}" if dataset.get("version") else ""}{f", spec hash `{dataset['spec_hash']}`" if dataset.get("spec_hash") else ""}
+- Dataset: `{ds_id}`{f" (config `{dataset.get('config')}`)" if dataset.get("config") else ""}{f", version {dataset['version']}" if dataset.get("version") else ""}{f", spec hash `{dataset['spec_hash']}`" if dataset.get("spec_hash") else ""}
 - Training images: {dataset.get("n_train", "n/a")}; evaluation split: `{split}` ({dataset.get("n_eval", "n/a")} images)
 
 ## Training parameters
@@ -170,13 +177,25 @@ noise; labels from the particles' exit-wave phase) following Rangel DaCosta et a
 
 {_real_section(real)}
 ## Usage
+With segmentation-models-pytorch alone (the weights and `config.json` are a plain `smp.Unet`):
 ```python
-from models import from_pretrained, segment
-model = from_pretrained("path/or/hub-id")
+import segmentation_models_pytorch as smp
+import torch
+
+model = smp.from_pretrained("{repo}").eval()   # or a local folder
+x = torch.randn(1, {config.in_channels}, 256, 256)                  # standardised image, H and W multiples of {2 ** config.encoder_depth}
+with torch.no_grad():
+    p = model(x).softmax(1)[:, 1]                # P(particle); particle where p > {config.threshold:g}
+```
+With `hrtem-dataset` (resampling to the pixel size above, tiling, per-particle table; `hrtem.json` holds the
+pixel size, threshold, training data and metrics):
+```python
+from hrtem_dataset.models import from_pretrained, segment
+model = from_pretrained("{repo}")
 result = segment("micrograph.dm4", model, out="mask.png")   # also writes mask.csv
 ```
 ```bash
-hrtem segment micrograph.dm4 --model path/or/hub-id --out mask.png [--pixel-size 0.2]
+hrtem segment micrograph.dm4 --model {repo} --out mask.png [--pixel-size 0.2]
 ```
 
 ## Intended use
@@ -195,43 +214,155 @@ labelled micrographs (`hrtem train --init-from MODEL --freeze encoder --user-dat
     return ModelCard(content).content
 
 
-def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, dataset: dict | None = None,
-                    training: dict | None = None, model_name: str | None = None) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``out_dir`` (each atomically).
+def dataset_label(dataset: dict) -> str:
+    """How a model names its training data: the Hub repo id, else the dataset's name (never a local path)."""
+    dataset = dataset or {}
+    if dataset.get("hub") and dataset.get("id"):
+        return str(dataset["id"])
+    for key in ("name", "config", "id"):
+        v = dataset.get(key)
+        if v:
+            return Path(str(v)).name if key == "id" else str(v)
+    return "local dataset"
 
-    ``dataset``: lineage of the training data (``id``, ``hub``, ``config``, ``version``, ``spec_hash``,
-    ``n_train``, ``eval_split``, ``n_eval``); ``training``: hyper-parameters; ``metrics``: evaluation scores.
+
+def public_lineage(dataset: dict | None) -> dict:
+    """Training-data lineage without local paths: a local dataset folder or fine-tuning folder is named by
+    its folder name (``id`` of a Hub dataset stays the repo id)."""
+    out = dict(_clean(dataset or {}))
+    if not out.get("hub") and out.get("id"):
+        out["id"] = Path(str(out["id"])).name
+    for key in ("fine_tune_data",):
+        if out.get(key):
+            out[key] = Path(str(out[key])).name
+    return out
+
+
+def smp_config(model) -> dict:
+    """``config.json`` of segmentation-models-pytorch for ``model``: the ``smp.Unet`` arguments it was built
+    with and ``_model_class``, with ``encoder_weights`` None (the weights are in ``model.safetensors``)."""
+    cfg = dict(getattr(model, "config", None) or {}) if isinstance(getattr(model, "config", None), dict) else {}
+    if not cfg:  # built outside smp's hub mixin: from our ModelConfig
+        c: ModelConfig = model.hrtem_config
+        cfg = {"encoder_name": c.encoder, "encoder_depth": c.encoder_depth, "decoder_channels": list(c.decoder_channels),
+               "in_channels": c.in_channels, "classes": c.classes}
+    cfg = {k: v for k, v in _clean(cfg).items() if not k.startswith("_")}
+    cfg["encoder_weights"] = None
+    cfg["_model_class"] = type(model).__name__
+    return cfg
+
+
+def _config_from_smp(cfg: dict) -> ModelConfig:
+    """A :class:`ModelConfig` for a plain smp ``Unet`` folder (no ``hrtem.json``): no pixel size recorded."""
+    if cfg.get("_model_class", "Unet") != "Unet":
+        raise InputError(f"{CONFIG_NAME}: model class {cfg.get('_model_class')!r} is not a U-Net")
+    kw = {"encoder": cfg.get("encoder_name", "resnet34"), "encoder_depth": int(cfg.get("encoder_depth", 5)),
+          "in_channels": int(cfg.get("in_channels", 3)), "classes": int(cfg.get("classes", 1))}
+    if cfg.get("decoder_channels"):
+        kw["decoder_channels"] = tuple(int(c) for c in cfg["decoder_channels"])
+    if kw["classes"] != 2:
+        raise InputError(f"{CONFIG_NAME}: {kw['classes']} classes; hrtem models have 2 (background, particle)")
+    return ModelConfig(**kw)
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: malformed JSON ({exc})") from None
+
+
+def read_metadata(model_dir: str | Path) -> dict:
+    """This package's metadata of a model folder: ``hrtem.json``; for folders written before it existed,
+    ``config.json`` (which then held everything); for a plain smp U-Net folder, defaults from its
+    ``config.json``. Always has a ``model`` section (:class:`ModelConfig` as a dict)."""
+    d = Path(model_dir)
+    p = d / METADATA_NAME
+    if p.is_file():
+        meta = _read_json(p)
+    else:
+        p = d / CONFIG_NAME
+        if not p.is_file():
+            raise InputError(f"model {model_dir}: no {CONFIG_NAME}")
+        meta = _read_json(p)
+        if isinstance(meta, dict) and "_model_class" in meta and "model" not in meta:
+            meta = {"model": _config_from_smp(meta).to_dict(), "library": LIBRARY_NAME}
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise InputError(f"{p}: not an hrtem-dataset model config (no 'model' section)")
+    return meta
+
+
+read_config = read_metadata  # the former name
+
+
+def _write_card(d: Path, meta: dict, *, real: dict | None = None, repo_id: str | None = None) -> Path:
+    return atomic_write_text(d / CARD_NAME, model_card(
+        ModelConfig.from_dict(meta["model"]), n_parameters=meta.get("n_parameters"), metrics=meta.get("metrics") or {},
+        dataset=meta.get("dataset") or {}, training=meta.get("training") or {}, model_name=meta.get("name"),
+        real=read_real_evaluations(d) if real is None else real, repo_id=repo_id))
+
+
+def write_metadata(model_dir: str | Path, meta: dict) -> Path:
+    """Write ``hrtem.json`` atomically; an old-layout ``config.json`` (everything in it) is rewritten as
+    smp's own config so the folder loads with ``segmentation_models_pytorch.from_pretrained``."""
+    d = Path(model_dir)
+    cfg_path = d / CONFIG_NAME
+    old = _read_json(cfg_path) if cfg_path.is_file() else None
+    out = atomic_write_text(d / METADATA_NAME, json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
+    if isinstance(old, dict) and "model" in old and "_model_class" not in old:
+        model = build_model(config=ModelConfig.from_dict(meta["model"]))
+        atomic_write_text(cfg_path, json.dumps(smp_config(model), indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, dataset: dict | None = None,
+                    training: dict | None = None, model_name: str | None = None, version: str | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (smp's), ``hrtem.json`` and ``README.md`` into ``out_dir``
+    (each atomically).
+
+    ``dataset``: lineage of the training data (``id``, ``hub``, ``name``, ``config``, ``version``,
+    ``spec_hash``, ``n_train``, ``eval_split``, ``n_eval``; local paths are reduced to folder names);
+    ``training``: hyper-parameters; ``metrics``: evaluation scores on ``dataset['eval_split']``;
+    ``version``: the model version, tagged on publishing (default: the training dataset's version).
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.hrtem_config
+    dataset = public_lineage(dataset)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "library": LIBRARY_NAME})
-    full = {"model": config.to_dict(), "library": LIBRARY_NAME, "n_parameters": count_parameters(model),
-            "training": _clean(training or {}), "dataset": _clean(dataset or {}), "metrics": _clean(metrics or {})}
-    atomic_write_text(out / CONFIG_NAME, json.dumps(full, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(out / CARD_NAME, model_card(config, n_parameters=full["n_parameters"], metrics=metrics,
-                                                  dataset=dataset, training=training, model_name=model_name))
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    meta = {"model": config.to_dict(), "library": LIBRARY_NAME, "package": PACKAGE_NAME,
+            "n_parameters": count_parameters(model), "training": _clean(training or {}), "dataset": dataset,
+            "metrics": _clean(metrics or {})}
+    version = version or (dataset.get("version") if isinstance(dataset.get("version"), str) else None)
+    if version:
+        meta["version"] = version
+    if model_name:
+        meta["name"] = model_name
+    atomic_write_text(out / CONFIG_NAME, json.dumps(smp_config(model), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / METADATA_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _write_card(out, meta)
     return out
 
 
 def card_with_evaluation(model_dir: str | Path, metrics: dict, split: str) -> Path:
-    """Rewrite ``README.md`` of a saved model folder so that its model-index reports ``metrics`` measured
-    on ``split`` (e.g. the held-out test split after ``hrtem evaluate``); ``config.json`` is unchanged."""
+    """Make ``metrics`` measured on ``split`` (e.g. the held-out test split after ``hrtem evaluate``) the
+    metrics of a saved model folder: in ``hrtem.json`` (the previous ones are kept as
+    ``<previous split>_metrics``) and in the card's model-index, so both report the same set."""
     d = Path(model_dir)
-    meta = read_config(d)
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
-    config = ModelConfig.from_dict(meta["model"])
-    dataset = {**(meta.get("dataset") or {}), "eval_split": split}
-    dataset["n_eval"] = metrics.get("n_images", "n/a")
-    return atomic_write_text(d / CARD_NAME, model_card(config, n_parameters=meta.get("n_parameters"),
-                                                       metrics=metrics, dataset=dataset,
-                                                       training=meta.get("training") or {},
-                                                       real=read_real_evaluations(d)))
+    meta = read_metadata(d)
+    dataset = dict(meta.get("dataset") or {})
+    prev_split = dataset.get("eval_split") or "validation"
+    if meta.get("metrics") and prev_split != split:
+        meta[f"{str(prev_split).replace(' ', '_')}_metrics"] = meta["metrics"]
+    dataset.update(eval_split=split, n_eval=metrics.get("n_images", "n/a"))
+    meta["dataset"] = dataset
+    meta["metrics"] = {k: v for k, v in _clean(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    write_metadata(d, meta)
+    return _write_card(d, meta)
 
 
 def resolve_model_dir(model_id_or_dir: str | Path, revision: str | None = None) -> Path:
@@ -246,34 +377,24 @@ def resolve_model_dir(model_id_or_dir: str | Path, revision: str | None = None) 
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(s, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME]))
+        return Path(snapshot_download(s, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, METADATA_NAME,
+                                                                           CARD_NAME, REAL_EVALUATION_NAME]))
     except Exception as exc:  # offline mode, network, 404, auth ...
         msg = " ".join(str(exc).split())[:160]
         raise InputError(f"model {s}: not a local folder and the Hub download failed ({type(exc).__name__}: {msg})") from None
 
 
-def read_config(model_dir: str | Path) -> dict:
-    p = Path(model_dir) / CONFIG_NAME
-    if not p.is_file():
-        raise InputError(f"model {model_dir}: no {CONFIG_NAME}")
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: malformed JSON ({exc})") from None
-
-
 def from_pretrained(model_id_or_dir: str | Path, *, revision: str | None = None, device: str = "cpu"):
     """Load a model saved with :func:`save_pretrained` (local folder, offline) or from a Hub repo id.
 
-    Returns the ``torch.nn.Module`` in eval mode with ``hrtem_config`` set and the folder's full config as
-    ``model.hrtem_metadata``.
+    Returns the ``torch.nn.Module`` (an ``smp.Unet``) in eval mode with ``hrtem_config`` set and the
+    folder's metadata (``hrtem.json``) as ``model.hrtem_metadata``. Same weights and outputs as
+    ``segmentation_models_pytorch.from_pretrained(DIR)``; old folders (everything in ``config.json``) load too.
     """
     from safetensors.torch import load_file
 
     d = resolve_model_dir(model_id_or_dir, revision)
-    meta = read_config(d)
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config (no 'model' section)")
+    meta = read_metadata(d)
     config = ModelConfig.from_dict(meta["model"])
     model = build_model(config=config)
     w = d / WEIGHTS_NAME
@@ -294,14 +415,19 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
                 private: bool | None = None, commit_message: str | None = None, tag: str | None = None) -> str:
     """Upload a model folder (or a model, saved to a temporary folder first) to the Hub repo ``repo_id``.
 
-    Checkpoints (``checkpoints/``) are not uploaded. The token comes from ``token`` or the environment
-    (``HF_TOKEN``) and is never printed. With ``HF_HUB_OFFLINE=1`` this raises :class:`InputError`.
-    Returns the commit URL.
+    The card's load snippets get ``repo_id``; the upload is tagged ``tag``, by default ``v<version>`` of
+    ``hrtem.json`` (as ``hrtem publish`` tags it). Checkpoints (``checkpoints/``) are not uploaded. The token
+    comes from ``token`` or the environment (``HF_TOKEN``) and is never printed. With ``HF_HUB_OFFLINE=1``
+    this raises :class:`InputError`. Returns the commit URL.
     """
+    import shutil
     import tempfile
 
     from huggingface_hub import HfApi
     from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    from hrtem_dataset.dataset.card import hub_tag
+    from hrtem_dataset.dataset.publish import card_with_repo_id, folder_version
 
     if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise InputError(f"push to {repo_id}: the Hub is offline (HF_HUB_OFFLINE is set); "
@@ -310,11 +436,18 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
         raise InputError(f"--repo-id: expected 'org/name', got {repo_id!r}")
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(folder_or_model, str | Path):
-            folder = Path(folder_or_model)
-            if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
-                raise InputError(f"{folder}: not a model folder ({WEIGHTS_NAME} + {CONFIG_NAME} needed)")
+            src = Path(folder_or_model)
+            if not (src / WEIGHTS_NAME).is_file() or not (src / CONFIG_NAME).is_file():
+                raise InputError(f"{src}: not a model folder ({WEIGHTS_NAME} + {CONFIG_NAME} needed)")
+            folder = Path(tmp) / "model"
+            shutil.copytree(src, folder, ignore=shutil.ignore_patterns("checkpoints", ".*", "*.tmp"))
         else:
             folder = save_pretrained(folder_or_model, Path(tmp) / "model")
+        if (folder / CARD_NAME).is_file():
+            (folder / CARD_NAME).write_text(card_with_repo_id((folder / CARD_NAME).read_text(), repo_id))
+        if tag is None:
+            version = folder_version(folder, "model")
+            tag = hub_tag(version) if version else None
         api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -324,20 +457,19 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
                                      revision=revision, ignore_patterns=["checkpoints/*", "*.tmp", ".*"],
                                      commit_message=commit_message or "Upload hrtem-dataset segmentation model")
             if tag:
-                api.create_tag(repo_id, tag=tag, repo_type="model", revision=revision, exist_ok=True)
+                api.create_tag(repo_id, tag=tag, repo_type="model", revision=getattr(info, "oid", None) or revision,
+                               exist_ok=True)
         except Exception as exc:  # HTTP errors, auth, network; the message never contains the token
             raise InputError(f"push to {repo_id}: upload failed ({type(exc).__name__})") from None
     return str(getattr(info, "commit_url", info))
 
 
 def set_threshold(model_dir: str | Path, threshold: float) -> bool:
-    """Change the operating point stored with a saved model (``config.json`` ``model.threshold`` and the
+    """Change the operating point stored with a saved model (``hrtem.json`` ``model.threshold`` and the
     card) without retraining; returns True when it changed. The ``metrics`` recorded at training time keep
     the threshold they were measured at (``training.metrics_threshold``)."""
     d = Path(model_dir)
-    meta = read_config(d)
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise InputError(f"{d / CONFIG_NAME}: not an hrtem-dataset model config")
+    meta = read_metadata(d)
     old = float(meta["model"].get("threshold", 0.5))
     if not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold: must be in (0, 1), got {threshold}")
@@ -346,9 +478,6 @@ def set_threshold(model_dir: str | Path, threshold: float) -> bool:
     meta["model"]["threshold"] = float(threshold)
     training = meta.setdefault("training", {})
     training.setdefault("metrics_threshold", old)
-    atomic_write_text(d / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(d / CARD_NAME, model_card(ModelConfig.from_dict(meta["model"]),
-                                                n_parameters=meta.get("n_parameters"),
-                                                metrics=meta.get("metrics") or {}, dataset=meta.get("dataset") or {},
-                                                training=training, real=read_real_evaluations(d)))
+    write_metadata(d, meta)
+    _write_card(d, meta)
     return True

@@ -27,7 +27,7 @@ def test_unet_learns_on_the_simulated_demo_dataset(tmp_path):
     model = Path(summary["model"])
     history = json.loads((model / "history.json").read_text())
     evaluation = json.loads((model / "evaluation.json").read_text())
-    validation = json.loads((model / "config.json").read_text())["metrics"]
+    validation = json.loads((model / "hrtem.json").read_text())["metrics"]
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     assert evaluation["split"] == "test" and evaluation["metrics"]["f1"] >= 0.8, evaluation
     # the validation split is 1 structure (2 images): measured 0.81 here, so the floor leaves CPU-to-CPU room

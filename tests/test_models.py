@@ -121,7 +121,7 @@ def test_save_load_identical_outputs_and_model_card(trained, tmp_path):
     assert card.startswith("---") and "model-index:" in card and "image-segmentation" in card
     assert f"{trained['metrics']['f1']:.4f}"[:5] in card  # metric value in the card
     assert "Pixel size: 0.5 Å" in card and "Limitations" in card and "Intended use" in card
-    cfg = json.loads((trained["dir"] / "config.json").read_text())
+    cfg = json.loads((trained["dir"] / "hrtem.json").read_text())
     assert cfg["model"]["encoder"] == "tu-resnet18" and cfg["training"]["steps_done"] == 30
     assert cfg["dataset"]["version"] == "0.0.1" and cfg["dataset"]["n_train"] == 24
     card2 = (tmp_path / "copy" / "README.md").read_text()
@@ -176,8 +176,8 @@ def test_fine_tune_freezes_encoder_or_decoder(trained, tmp_path, freeze):
         assert torch.equal(sb[k], sa[k]), k
     changed = [k for k in trainable if not torch.equal(sb[k], sa[k])]
     assert len(changed) >= 0.9 * len(trainable)
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["training"]["freeze"] == freeze and cfg["dataset"]["fine_tune_data"] == str(user)
+    cfg = json.loads((out / "hrtem.json").read_text())
+    assert cfg["training"]["freeze"] == freeze and cfg["dataset"]["fine_tune_data"] == user.name  # no local paths
     assert cfg["training"]["crop"] == 64 and cfg["model"]["pixel_size"] == PIXEL  # 128² at 0.25 Å -> 64²
 
 
@@ -295,7 +295,7 @@ def test_dagster_hooks_train_from_spec_and_evaluate_model(tmp_path):
     ev = evaluate_model(tmp_path / "model", ds, "default", "test")
     assert ev["n_images"] == 2 and ev["split"] == "test" and 0 <= ev["f1"] <= 1
     json.dumps(ev, allow_nan=False)  # strict JSON
-    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "model" / "hrtem.json").read_text())
     assert cfg["model"]["decoder_channels"] == [16, 8, 8] and cfg["training"]["seed"] == 1
 
 

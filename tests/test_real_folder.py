@@ -262,7 +262,7 @@ def test_model_threshold_is_the_operating_point_and_changes_without_retraining(t
     assert model.hrtem_config.threshold == pytest.approx(thr)
     assert np.array_equal(predict_mask(model, img), (p > thr).astype(np.uint8))
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "m" / "hrtem.json").read_text())
     assert cfg["training"]["metrics_threshold"] == 0.5
     assert f"P(particle) > {thr:g}" in (tmp_path / "m" / "README.md").read_text()
     with pytest.raises(InputError):

@@ -20,7 +20,8 @@ def publish_command(
     """Upload a built dataset or model folder to the Hub (create_repo, upload_folder, create_tag).
 
     The token comes from $HF_TOKEN or the login cache and is never printed. --dry-run prints exactly the
-    files that would be uploaded, one per line, on stdout (a summary goes to stderr).
+    files that would be uploaded, one per line, on stdout (a summary and the card's load snippets, with the
+    real repo id, go to stderr).
     """
     from ..dataset.publish import publish
 
@@ -31,6 +32,9 @@ def publish_command(
         typer.echo(f"dry run: would upload {len(result.files)} files ({result.num_bytes} bytes) to "
                    f"{result.repo_type} repo {result.repo_id}" + (f", tag {result.tag}" if result.tag else ""),
                    err=True)
+        for line in (result.card or "").splitlines():  # the card's load snippets, with the real repo id
+            if result.repo_id in line:
+                typer.echo(f"card: {line.strip()}", err=True)
     else:
         typer.echo(f"uploaded {len(result.files)} files to {result.repo_type} repo {result.repo_id}"
                    + (f" (commit {result.commit})" if result.commit else "")

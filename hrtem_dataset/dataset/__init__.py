@@ -1,11 +1,14 @@
 """Hugging Face dataset packaging: features, deterministic parquet shards, dataset card, publishing.
 
 A dataset folder is laid out exactly like a Hub dataset repo (``README.md`` with YAML ``configs:``,
-``data/<config>/<split>-NNNNN-of-NNNNN.parquet``) and loads with ``datasets.load_dataset(folder, config)``.
+``data/<config>/<split>-NNNNN-of-NNNNN.parquet``) and loads with ``datasets.load_dataset(folder, config)``;
+:func:`torch_loader` (or :func:`collate` as a ``collate_fn``) turns a split into a PyTorch ``DataLoader`` of
+``(image, mask)`` batches (``(waves, mask)`` for ``exit_waves`` configurations).
 """
 
 from .card import render_card, write_dataset_card
 from .features import SPLITS, column_docs, exit_wave_features, image_features
+from .loader import collate, torch_loader
 from .publish import publish
 from .writer import (
     LeakageReport,
@@ -20,6 +23,7 @@ __all__ = [
     "SPLITS",
     "LeakageReport",
     "check_no_leakage",
+    "collate",
     "column_docs",
     "contrast_stretch",
     "exit_wave_features",
@@ -27,6 +31,7 @@ __all__ = [
     "publish",
     "render_card",
     "split_files",
+    "torch_loader",
     "version_dir",
     "write_dataset_card",
     "write_dataset_config",

@@ -3,8 +3,9 @@
 The folder is uploaded as it is (it is already laid out as a Hub repo); hidden files and directories
 (``.git``, staging directories, ``*.tmp`` temporaries of atomic writes) are never uploaded. The repo type
 is detected from the folder (``data/`` with parquet shards -> dataset; ``config.json``/``*.safetensors``
--> model). The version tag is ``--revision`` or, for a dataset, ``v<version>`` from its specs, so
-``load_dataset(repo, config, revision="v0.1.0")`` loads exactly that version.
+-> model). The version tag is ``--revision`` or ``v<version>`` (a dataset's specs, a model's
+``hrtem.json``), so ``load_dataset(repo, config, revision="v0.1.0")`` loads exactly that version. The
+card's load snippets (``<org>/NAME`` until then) are written with the real repo id.
 
 The token comes from the ``token`` argument, ``$HF_TOKEN`` or the login cache (``hf auth login``); it is
 passed to ``huggingface_hub`` only and never printed, logged or written (error messages are scrubbed).
@@ -39,6 +40,7 @@ class PublishResult:
     url: str | None = None
     commit: str | None = None
     notes: list[str] = field(default_factory=list)
+    card: str | None = None  # README.md as uploaded: load snippets name repo_id
 
 
 def _is_true(value: str | None) -> bool:
@@ -87,16 +89,24 @@ def folder_version(folder: str | Path, repo_type: str) -> str | None:
         if len(versions) > 1:
             raise InputError(f"{folder}: configurations of several versions {sorted(versions)}")
         return versions.pop() if versions else None
-    cfg = folder / "config.json"
-    if cfg.is_file():
-        try:
-            data = json.loads(cfg.read_text())
-        except ValueError:
-            raise InputError(f"{cfg}: malformed JSON") from None
-        for key in ("version", "model_version"):
-            if isinstance(data, dict) and isinstance(data.get(key), str):
-                return data[key]
+    for cfg in (folder / "hrtem.json", folder / "config.json"):  # hrtem.json: this package's model metadata
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text())
+            except ValueError:
+                raise InputError(f"{cfg}: malformed JSON") from None
+            for key in ("version", "model_version"):
+                if isinstance(data, dict) and isinstance(data.get(key), str):
+                    return data[key]
     return None
+
+
+_REPO_PLACEHOLDER = re.compile(r"<org>/([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def card_with_repo_id(text: str, repo_id: str) -> str:
+    """A card's text with the load snippets' placeholder repo (``<org>/NAME``) replaced by ``repo_id``."""
+    return _REPO_PLACEHOLDER.sub(repo_id, text)
 
 
 def resolve_token(token: str | None = None) -> str | None:
@@ -151,6 +161,9 @@ def publish(folder: str | Path, repo_id: str, revision: str | None = None, dry_r
                            num_bytes=sum((folder / f).stat().st_size for f in files))
     if tag is None:
         result.notes.append("no version found in the folder: not tagging (pass --revision to tag)")
+    card_path = folder / "README.md"
+    if card_path.is_file():
+        result.card = card_with_repo_id(card_path.read_text(encoding="utf-8"), repo_id)
     if dry_run:
         return result
 
@@ -169,8 +182,13 @@ def publish(folder: str | Path, repo_id: str, revision: str | None = None, dry_r
         result.url = str(url)
         step = "upload_folder"
         name = f"{folder_version(folder, repo_type) or ''}".strip()
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
-                                   ignore_patterns=IGNORE_PATTERNS,
+        from huggingface_hub import CommitOperationAdd
+
+        # one commit of exactly `files`; the card goes up with the real repo id (the folder is left as it is)
+        ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=(
+            result.card.encode("utf-8") if f == "README.md" and result.card is not None else str(folder / f)))
+            for f in files]
+        commit = api.create_commit(repo_id=repo_id, repo_type=repo_type, operations=ops,
                                    commit_message=f"Upload {repo_type} {name}".strip())
         result.commit = getattr(commit, "oid", None)
         if tag:

@@ -1,0 +1,233 @@
+"""The project fits the ecosystem: smp loads its models, torch loads its datasets, the Hub card names the repo,
+the CLI shows progress on stderr only, flags are validated, and ``hrtem_dataset.models`` cannot be shadowed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hrtem_dataset.cli import main
+from hrtem_dataset.dataset import collate, torch_loader, write_dataset_config
+from hrtem_dataset.errors import InputError
+from hrtem_dataset.seeding import derive_seed
+from hrtem_dataset.specs import DatasetSpec, SplitSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"encoder": "tu-resnet18", "encoder_depth": 2, "decoder_channels": (16, 8)}
+
+
+def run_cli(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------
+# 1. models: segmentation-models-pytorch loads them; our metadata is in hrtem.json
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    from models import build_model, save_pretrained
+
+    torch.manual_seed(0)
+    m = build_model(**TINY, pixel_size=0.4)
+    d = tmp_path_factory.mktemp("m") / "model"
+    save_pretrained(m, d, metrics={"f1": 0.8, "iou": 0.7}, training={"steps": 3},
+                    dataset={"id": str(tmp_path_factory.getbasetemp() / "built" / "dataset"), "hub": False,
+                             "name": "hrtem-demo", "config": "demo", "version": "0.2.0", "eval_split": "validation",
+                             "n_train": 4, "n_eval": 2})
+    return d
+
+
+def test_smp_from_pretrained_gives_identical_outputs(saved):
+    import segmentation_models_pytorch as smp
+
+    from hrtem_dataset.models import from_pretrained
+
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["_model_class"] == "Unet" and cfg["encoder_weights"] is None and cfg["encoder_name"] == "tu-resnet18"
+    assert not {"model", "metrics", "dataset", "training"} & set(cfg)  # only smp's own keys
+    ours = from_pretrained(saved)
+    theirs = smp.from_pretrained(str(saved)).eval()
+    assert type(theirs).__name__ == "Unet"
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    meta = json.loads((saved / "hrtem.json").read_text())
+    assert meta["model"]["pixel_size"] == pytest.approx(0.4) and meta["model"]["threshold"] == 0.5
+    assert meta["version"] == "0.2.0" and meta["metrics"]["f1"] == pytest.approx(0.8)
+    assert ours.hrtem_metadata["dataset"]["name"] == "hrtem-demo"
+
+
+def test_model_card_is_smp_library_without_local_paths(saved, tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(saved / "README.md")
+    assert card.data.library_name == "segmentation-models-pytorch"
+    text = card.content
+    assert str(saved.parents[1]) not in text and "/built/dataset" not in text  # no local path
+    assert "`hrtem-demo`" in text and "version 0.2.0" in text
+    assert 'smp.from_pretrained("<org>/hrtem-unet-resnet18")' in text
+    # the card's smp snippet runs as written (with the local folder for the repo id)
+    snippet = text.split("```python\n")[1].split("```")[0].replace("<org>/hrtem-unet-resnet18", str(saved))
+    scope: dict = {}
+    exec(compile(snippet, "card-snippet", "exec"), scope)  # noqa: S102 - our own card
+    assert tuple(scope["p"].shape) == (1, 256, 256)
+
+
+def test_card_and_metadata_report_the_same_test_metrics(saved, tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from models.hub import card_with_evaluation
+
+    d = tmp_path / "published"
+    shutil.copytree(saved, d)
+    card_with_evaluation(d, {"f1": 0.61, "iou": 0.52, "precision": 0.7, "recall": 0.55, "n_images": 8}, "test")
+    meta = json.loads((d / "hrtem.json").read_text())
+    assert meta["dataset"]["eval_split"] == "test" and meta["validation_metrics"]["f1"] == pytest.approx(0.8)
+    card = ModelCard.load(d / "README.md")
+    reported = {m.metric_type: m.metric_value for m in card.data.eval_results}
+    assert {m.dataset_split for m in card.data.eval_results} == {"test"}
+    assert reported == {k: pytest.approx(meta["metrics"][k], abs=1e-4) for k in reported}
+    assert set(reported) == {"f1", "iou", "precision", "recall"}
+
+
+def test_old_folders_load_and_are_migrated_on_update(saved, tmp_path):
+    import shutil
+
+    import segmentation_models_pytorch as smp
+
+    from models.hub import from_pretrained, set_threshold
+
+    d = tmp_path / "old"
+    shutil.copytree(saved, d)
+    meta = json.loads((d / "hrtem.json").read_text())
+    (d / "hrtem.json").unlink()
+    (d / "config.json").write_text(json.dumps(meta))  # the former layout: everything in config.json
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        y_new, y_old = from_pretrained(saved)(x), from_pretrained(d)(x)
+    assert torch.equal(y_new, y_old)
+    assert from_pretrained(d).hrtem_config.pixel_size == pytest.approx(0.4)
+    assert set_threshold(d, 0.3)
+    assert json.loads((d / "hrtem.json").read_text())["model"]["threshold"] == 0.3
+    assert json.loads((d / "config.json").read_text())["_model_class"] == "Unet"
+    with torch.no_grad():
+        assert torch.equal(smp.from_pretrained(str(d)).eval()(x), y_old)
+
+
+def test_publishing_a_model_tags_its_version_and_names_the_repo(saved):
+    rc, out, err = run_cli(["publish", saved, "--repo-id", "lab/hrtem-unet", "--dry-run"])
+    assert rc == 0, err
+    assert out.split() == ["README.md", "config.json", "hrtem.json", "model.safetensors"]
+    assert "tag v0.2.0" in err and "model repo lab/hrtem-unet" in err
+    assert 'card: model = smp.from_pretrained("lab/hrtem-unet").eval()' in err
+    assert "<org>/" not in err
+
+
+# ------------------------------------------------------------------------------------------------------
+# 2./3. datasets in torch; the dataset card names the real repo
+# ------------------------------------------------------------------------------------------------------
+
+SHAPE = (24, 20)
+
+
+def _rows(spec: DatasetSpec) -> dict[str, list[dict]]:
+    """Rows of the pipeline's schema (as in tests/test_dataset.py), two images per structure."""
+    out: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    x, y = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    for i in range(spec.n_structures):
+        g = np.random.default_rng([spec.seed, i])
+        inst = np.zeros(SHAPE, np.int32)
+        n = 1 + i % 2  # 1 or 2 particles: `materials` lists of different lengths
+        for k in range(1, n + 1):
+            cx, cy = g.uniform(5, SHAPE[0] - 5), g.uniform(5, SHAPE[1] - 5)
+            inst[((x - cx) ** 2 + (y - cy) ** 2 < 9) & (inst == 0)] = k
+        particles = [{"material": "Au", "shape": "sphere", "radius": 10.0, "twins": 1}] * n
+        structure = {"seed": derive_seed(spec.seed, "structure", i), "particles": particles, "n_particles": n,
+                     "substrate": {"kind": "amorphous_carbon", "thickness": 30.0}}
+        for k in range(2):
+            seed = derive_seed(spec.seed, "image", i, k)
+            row = {"mask": inst > 0, "instances": inst, "sample_id": f"s{i:05d}-{k:03d}", "structure_id": f"s{i:05d}",
+                   "seed": seed, "pixel_size": 0.2, "zero_defocus": -31.5, "structure": structure,
+                   "engine": "torch", "engine_version": "2", "energy": 300e3, "sampling": (0.1, 0.1), "phonons": 2}
+            if spec.kind == "images":
+                row.update(image=g.normal(1.0, 0.2, SHAPE).astype(np.float32), defocus=10.0, Cs=0.0, dose=None,
+                           focal_spread=20.0, angular_spread=0.2, aberrations={})
+            else:
+                row["waves"] = (g.normal(1, 0.1, (2, 2 * SHAPE[0], 2 * SHAPE[1]))
+                                + 1j * g.normal(0, 0.1, (2, 2 * SHAPE[0], 2 * SHAPE[1]))).astype(np.complex64)
+            out[spec.split_of(i)].append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds") / "dataset"
+    for kind, name in (("images", "tiny"), ("exit_waves", "waves")):
+        spec = DatasetSpec(name="hrtem-test", config_name=name, kind=kind, version="0.1.0", seed=7,
+                           splits=SplitSpec(train=3, validation=1, test=1), shard_size=2)
+        write_dataset_config(_rows(spec), spec, root)
+    return root
+
+
+def _load(folder, config, tmp_path):
+    import datasets
+
+    return datasets.load_dataset(str(folder), config, cache_dir=str(tmp_path / "hf-cache"))
+
+
+def test_torch_loader_images_batches(folder, tmp_path):
+    ds = _load(folder, "tiny", tmp_path)
+    assert "materials" in ds["train"].column_names
+    batches = list(torch_loader(ds["train"], batch_size=4))
+    assert [tuple(b[0].shape) for b in batches] == [(4, 1, *SHAPE), (2, 1, *SHAPE)]
+    for image, mask in batches:
+        assert image.dtype == torch.float32 and mask.dtype == torch.int64 and image.shape == mask.shape
+        assert set(mask.unique().tolist()) <= {0, 1}
+    # the same pixels as the dataset rows, index for index
+    row = ds["train"].with_format("numpy")[0]
+    assert np.array_equal(batches[0][0][0, 0].numpy(), row["image"])
+    assert np.array_equal(batches[0][1][0, 0].numpy(), (np.asarray(row["mask"]) > 0).astype(np.int64))
+    # collate as a collate_fn over with_format("torch"): the list columns are dropped, shapes agree
+    from torch.utils.data import DataLoader
+
+    image, mask = next(iter(DataLoader(ds["train"].with_format("torch"), batch_size=3, collate_fn=collate)))
+    assert tuple(image.shape) == tuple(mask.shape) == (3, 1, *SHAPE)
+    assert torch.equal(image, batches[0][0][:3]) and torch.equal(mask, batches[0][1][:3])
+
+
+def test_torch_loader_exit_waves_batches(folder, tmp_path):
+    ds = _load(folder, "waves", tmp_path)
+    waves, mask = next(iter(torch_loader(ds["train"], batch_size=2, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))))
+    assert waves.dtype == torch.complex64 and tuple(waves.shape) == (2, 2, 2 * SHAPE[0], 2 * SHAPE[1])
+    assert mask.dtype == torch.int64 and tuple(mask.shape) == (2, 1, *SHAPE)
+    with pytest.raises(InputError, match="torch_loader"):
+        torch_loader(ds)  # a DatasetDict, not a split
+    with pytest.raises(InputError, match="'mask'"):
+        torch_loader(ds["train"].remove_columns("mask"))
+
+
+def test_publish_dry_run_writes_the_repo_id_into_the_card(folder):
+    from hrtem_dataset.dataset import publish
+
+    before = (folder / "README.md").read_text()
+    assert "<org>/hrtem-test" in before
+    res = publish(folder, "lab/hrtem-test", dry_run=True)
+    assert "<org>/" not in res.card and 'load_dataset("lab/hrtem-test", "tiny")' in res.card
+    assert (folder / "README.md").read_text() == before  # a dry run changes nothing
+    rc, out, err = run_cli(["publish", folder, "--repo-id", "lab/hrtem-test", "--dry-run"])
+    assert rc == 0, err
+    assert 'card: ds = load_dataset("lab/hrtem-test", "tiny", revision="v0.1.0")' in err
+    assert "<org>/" not in err and "README.md" in out.split()
