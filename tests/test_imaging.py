@@ -97,10 +97,11 @@ def test_chi_conventions_defocus_is_minus_c10():
         aberration_coefficients(aberrations={"C99": 1.0})
 
 
+@pytest.mark.abtem
 @pytest.mark.parametrize("phonons", [0, 3])
 def test_image_intensity_matches_abtem(phonons):
     """Same exit waves through image_intensity and abTEM's apply_ctf(...).intensity(): rel. diff ≤ 1e-3."""
-    abtem = pytest.importorskip("abtem")
+    import abtem
     waves = smooth_phase_object((96, 80), 0.1, seed=1, phonons=phonons)  # non-square: [x, y] order matters
     params = dict(
         defocus=85.0, Cs=-2.0e4, semiangle_cutoff=30.0, focal_spread=35.0, angular_spread=0.4,

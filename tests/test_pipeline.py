@@ -53,10 +53,17 @@ def test_layout_ids_and_stats(built):
     lines = [json.loads(x) for x in (base / "structure_specs.jsonl").read_text().splitlines()]
     assert [x["seed"] for x in lines] == [derive_seed(spec.seed, "structure", i) for i in range(4)]
     assert [x["split"] for x in lines] == ["train", "train", "validation", "test"]
-    for s in stats:
-        assert s["structures"]["computed"] == 2 and s["structures"]["atoms"] > 0 and s["structures"]["atoms_per_s"] > 0
-        assert s["waves"]["computed"] == 2 and s["waves"]["exit_waves"] == 4 and s["waves"]["waves_per_s"] > 0
-        assert s["images"]["rows"] == 2 and s["images"]["images"] == 2 and s["images"]["images_per_s"] > 0
+    for shard, s in enumerate(stats):
+        built_atoms = [pl.read_structure(spec, i, root) for i in spec.shard_indices(shard)]
+        assert s["structures"]["computed"] == 2 and s["structures"]["atoms"] == sum(len(a) for a in built_atoms)
+        assert s["structures"]["particle_atoms"] == sum(int((a.arrays["particle_id"] >= 0).sum()) for a in built_atoms)
+        # rates are counts over the stage's own wall time
+        st, wv, im = s["structures"], s["waves"], s["images"]
+        assert st["atoms_per_s"] == pytest.approx(st["atoms"] / st["seconds"])
+        assert s["waves"]["computed"] == 2 and s["waves"]["exit_waves"] == 4  # 2 structures × (scene + particles)
+        assert wv["waves_per_s"] == pytest.approx(wv["exit_waves"] / wv["seconds"])
+        assert s["images"]["rows"] == 2 and s["images"]["images"] == 2
+        assert im["images_per_s"] == pytest.approx(im["images"] / im["seconds"])
 
 
 def test_exit_waves_physics(built):
@@ -90,9 +97,14 @@ def test_images_labels_and_lineage(built):
         assert set(np.unique(r["mask"])) == {0, 1} and r["instances"].max() == 1  # one particle
         assert r["conditions"]["dose"] == 1000.0 and -50 <= r["conditions"]["defocus"] <= 50
         assert r["engine"] == "torch" and r["structure"]["particles"] and r["particles"]
-        assert isinstance(r["seed"], int) and math.isfinite(r["zero_defocus"])
+        index = int(r["structure_id"].split("-")[-1])
+        # the noise seed of image 0 of structure i derives from (root seed, "imaging", i), never from order/time
+        assert r["seed"] == r["conditions"]["noise_seed"] == derive_seed(derive_seed(spec.seed, "imaging", index),
+                                                                          "noise", 0)
+        assert math.isfinite(r["zero_defocus"])
         # counts at 1000 e/Å² and 0.25 Å pixels: mean ≈ 62.5 (Poisson noise, vacuum-normalised intensity)
         assert r["image"].mean() == pytest.approx(1000 * 0.25**2, rel=0.05)
+    assert rows[0]["seed"] != rows[1]["seed"]
     q = pl.images_summary(spec, 1, root)
     assert q["nonfinite"] == 0 and q["empty_masks"] == 0 and 0.005 < q["coverage_min"] <= q["coverage_max"] < 0.2
     assert abs(q["image_mean_min"] - 1) < 0.05

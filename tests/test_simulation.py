@@ -24,7 +24,12 @@ from hrtem_dataset.simulation import prismatic_engine as pe
 from hrtem_dataset.simulation import torch_engine as te
 from hrtem_dataset.specs import SimulationSpec
 
-abtem = pytest.importorskip("abtem")
+try:
+    import abtem
+except ModuleNotFoundError as exc:  # the optional extra: tests marked `abtem` skip without it (conftest.py)
+    if exc.name != "abtem":
+        raise
+    abtem = None
 
 
 def _rel(a, b) -> float:
@@ -56,6 +61,7 @@ def abtem_wave(atoms, sampling, parametrization="lobato", energy=300e3, slice_th
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.abtem
 @pytest.mark.parametrize("name,cls", [("lobato", "LobatoParametrization"), ("kirkland", "KirklandParametrization")])
 def test_parametrizations_match_published_functions(name, cls):
     mine = get_parametrization(name)
@@ -135,6 +141,7 @@ def test_thin_carbon_slice_is_weak_phase_object():
     assert np.abs(np.abs(w[:, 120])[m] - 1.0).max() < 0.02  # weak object: hardly any amplitude contrast
 
 
+@pytest.mark.abtem
 def test_matches_abtem_with_same_discretisation():
     """Same atoms, grid, slicing and abTEM's bilinear structure factors: agreement to float precision."""
     atoms = small_scene()
@@ -150,6 +157,7 @@ def test_matches_abtem_with_same_discretisation():
     assert _rel(mine, ab) < 1e-3 and _rel(ab[0], ab[1]) > 1e-2
 
 
+@pytest.mark.abtem
 def test_exact_structure_factors_match_abtem_within_one_percent():
     """Exact structure factors vs abTEM (Lobato, infinite projection) ≤ 1 % relative L2 where abTEM's
     bilinear interpolation has converged (0.05 Å); at 0.1 Å the difference is abTEM's interpolation."""
@@ -159,6 +167,7 @@ def test_exact_structure_factors_match_abtem_within_one_percent():
     assert _rel(w, ref) <= 0.01
 
 
+@pytest.mark.abtem
 def test_kirkland_fig_5_12():
     """Kirkland (2010) Fig. 5.12: C, Si, Cu, Au, U single atoms, 200 keV, Cs 1.3 mm, Scherzer 700 Å,
     10.37 mrad aperture: image intensity min 0.72, max 1.03."""
@@ -169,7 +178,8 @@ def test_kirkland_fig_5_12():
     ctf = dict(defocus=700.0, Cs=1.3e7, semiangle_cutoff=10.37)
     ref = abtem.Waves(w, sampling=sampling, energy=200e3).apply_ctf(**ctf).intensity().array
     assert round(float(ref.min()), 2) == 0.72 and round(float(ref.max()), 2) == 1.03
-    imaging = pytest.importorskip("hrtem_dataset.imaging")
+    from hrtem_dataset import imaging
+
     img = imaging.image_intensity(w, sampling=sampling, energy=200e3, **ctf)
     assert round(float(img.min()), 2) == 0.72 and round(float(img.max()), 2) == 1.03
 
@@ -182,6 +192,23 @@ def test_chunking_and_batching_do_not_change_waves():
     tiny = simulate_exit_waves([atoms, other], sampling=0.1, max_memory=1)  # one slice, one wave at a time
     np.testing.assert_allclose(tiny[0], w1, atol=2e-6)
     np.testing.assert_allclose(tiny[1], w2, atol=2e-6)
+
+
+def test_batched_waves_with_per_structure_seeds_equal_one_at_a_time():
+    """simulate_exit_waves([a, b], phonons=P, seed=[sa, sb]) gives each structure exactly the frozen-phonon
+    configurations of simulate_exit_wave(x, phonons=P, seed=sx) (different seeds: different waves)."""
+    a = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    b = small_scene(cell=10.0, carbon=3.0, radius=3.0, seed=5)
+    wa, wb = simulate_exit_waves([a, b], sampling=0.2, phonons=2, seed=[11, 12])
+    assert wa.shape == wb.shape == (2, 50, 50)
+    np.testing.assert_allclose(wa, simulate_exit_wave(a, sampling=0.2, phonons=2, seed=11), atol=2e-6)
+    np.testing.assert_allclose(wb, simulate_exit_wave(b, sampling=0.2, phonons=2, seed=12), atol=2e-6)
+    # the same structure under two seeds in one batch: seed-specific configurations, not one shared draw
+    w1, w2 = simulate_exit_waves([a, a], sampling=0.2, phonons=2, seed=[11, 12])
+    np.testing.assert_allclose(w1, wa, atol=2e-6)
+    assert _rel(w1, w2) > 1e-2
+    with pytest.raises(InputError, match="seed: 1 seeds for 2 structures"):
+        simulate_exit_waves([a, b], sampling=0.2, seed=[1])
 
 
 def test_result_does_not_depend_on_previous_calls():
@@ -366,6 +393,30 @@ def test_cli_simulate(tmp_path):
     (tmp_path / "junk.extxyz").write_text("not an extxyz\n")
     assert main(["simulate", str(tmp_path / "junk.extxyz"), "--out", str(bad)]) == 2
     assert not bad.exists() and not list(tmp_path.glob(".bad.npz*"))
+
+
+@pytest.mark.abtem
+def test_cli_simulate_with_the_abtem_engine(tmp_path):
+    """`hrtem simulate --engine abtem` runs real abTEM: its waves are abTEM's, equal to our engine with
+    abTEM's discretisation, and the npz records the engine and its version."""
+    from hrtem_dataset.cli import main
+    from hrtem_dataset.structures import write_extxyz
+
+    atoms = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    write_extxyz(atoms, tmp_path / "scene.extxyz")
+    out = tmp_path / "waves.npz"
+    assert main(["simulate", str(tmp_path / "scene.extxyz"), "--out", str(out), "--engine", "abtem",
+                 "--sampling", "0.1", "--phonons", "2", "--seed", "4"]) == 0
+    with np.load(out) as data:
+        scene, particles = data["scene"], data["particles"]
+        settings = json.loads(str(data["settings"]))
+    assert scene.shape == (2, 100, 100) and particles.shape == (100, 100)
+    assert settings["engine"] == "abtem" and settings["spec"]["engine"] == "abtem"
+    assert abtem.__version__ in json.dumps(settings)
+    mine = simulate_exit_wave(atoms, sampling=0.1, phonons=2, seed=4, structure_factors="bilinear")
+    assert _rel(scene, mine) < 1e-3
+    static = abtem_wave(atoms, 0.1)  # the configurations are displaced (phonons), not the static lattice
+    assert _rel(scene[0], static) > 1e-3
 
 
 def test_atoms_on_the_top_face_stay_at_the_top():

@@ -63,9 +63,18 @@ def test_scene_spec_rejections_name_the_field(patch, field):
     assert field in _one_line_error(data, SceneSpec)
 
 
-@pytest.mark.parametrize("orientation", ["random", "[110]", "[1,1,0]", "[-1 1 2]", " [001] "])
-def test_orientation_forms_accepted(orientation):
-    assert ParticleSpec(material="Au", radius=10.0, orientation=orientation).orientation == orientation.strip()
+@pytest.mark.parametrize("orientation,uvw", [("[110]", (1, 1, 0)), ("[1,1,0]", (1, 1, 0)), ("[-1 1 2]", (-1, 1, 2)),
+                                             (" [001] ", (0, 0, 1)), ("[-112]", (-1, 1, 2)), ("[10, 0, 1]", (10, 0, 1))])
+def test_orientation_forms_put_that_direction_along_the_beam(orientation, uvw):
+    """Every accepted zone-axis spelling puts the same crystal direction [uvw] along the beam (lab z)."""
+    from hrtem_dataset.structures import build_particle
+
+    spec = ParticleSpec(material="Au", radius=6.0, orientation=orientation)
+    assert spec.orientation == orientation.strip()
+    _, _, rec = build_particle(spec, np.random.default_rng(0))
+    beam = np.array(rec["rotation"]) @ (np.array(uvw, float) / np.linalg.norm(uvw))  # fcc: [uvw] is cubic
+    assert beam == pytest.approx([0.0, 0.0, 1.0], abs=1e-9)
+    assert ParticleSpec(material="Au", radius=6.0, orientation="random").orientation == "random"
 
 
 def test_distribution_spec_paper_config_and_defaults():

@@ -89,9 +89,15 @@ def test_amorphous_carbon_density_and_min_distance(density, dmin):
     # minimum C–C distance with periodic images in x and y (z open: box padded)
     d, _ = cKDTree(pos, boxsize=[lx, ly, 3 * t]).query(pos, k=2)
     assert d[:, 1].min() >= dmin - 1e-9
-    # atoms across the periodic x boundary do see each other (the film is periodic, not two walls)
+    # the film is periodic, not two walls: atoms within 1 Å of the x = 0 edge find their nearest neighbour
+    # across the boundary as often as their neighbours are on the far side, and the edge slabs are as dense
+    # as the bulk (a generator treating x as open would leave the edges depleted or overlapping)
     d_open, _ = cKDTree(pos).query(pos, k=2)
-    assert d_open[:, 1].min() >= d[:, 1].min()
+    edge = pos[:, 0] < 1.0
+    across = d[edge, 1] < d_open[edge, 1] - 1e-9
+    assert 0.15 < across.mean(), across.mean()
+    slab = [((pos[:, 0] >= x0) & (pos[:, 0] < x0 + 2.0)).sum() for x0 in (0.0, lx / 2, lx - 2.0)]
+    assert slab[0] == pytest.approx(slab[1], rel=0.2) and slab[2] == pytest.approx(slab[1], rel=0.2), slab
     # homogeneous: each quarter of the film along z holds 25 % of the atoms within 10 %
     counts = np.histogram(pos[:, 2], bins=4, range=(0, t))[0]
     assert np.all(np.abs(counts / len(pos) - 0.25) < 0.025)
@@ -317,6 +323,75 @@ def test_scene_geometry_contact_and_separation():
             d, _ = cKDTree(pi, boxsize=[L[0], L[1], 10 * L[2]]).query(pj, k=1)
             assert d.min() >= spec.min_separation
     assert info["substrate"]["n_removed"] > 0
+
+
+def test_defects_in_bcc_and_cif_crystals_are_rejected_and_never_sampled(tmp_path):
+    with pytest.raises(InputError, match=r"particles\[0\].*twins/stacking faults need an fcc.*'Fe' is bcc"):
+        _particle(material="Fe", radius=8.0, twins=1)
+    with pytest.raises(InputError, match="'W' is bcc"):
+        _particle(material="W", radius=8.0, stacking_faults=1)
+    with pytest.raises(InputError, match="particles\\[0\\]"):
+        build_scene(_scene(particles=[{"material": "Mo", "radius": 8.0, "twins": 1}]), 0)
+    pos, _, rec = _particle(material="Fe", radius=8.0)  # without defects a bcc particle builds
+    assert rec["twins"] == rec["stacking_faults"] == 0 and len(pos) > 100
+    # a distribution asking for defects gives bcc particles none (and fcc ones some)
+    dist = StructureDistributionSpec.model_validate({
+        "cell": {"x": 80, "y": 80}, "n_particles": {"min": 2, "max": 2}, "min_separation": 2.0,
+        "particles": {"materials": {"values": ["Fe", "Au"]}, "radius": {"min": 8, "max": 9},
+                      "twins": {"min": 1, "max": 1}, "stacking_faults": {"min": 1, "max": 1}}})
+    seen = {"Fe": 0, "Au": 0}
+    for seed in range(8):
+        for q in sample_scene_spec(dist, seed).particles:
+            seen[q.material] += 1
+            assert (q.twins + q.stacking_faults == 0) == (q.material == "Fe"), q
+    assert seen["Fe"] and seen["Au"]
+
+
+def test_particles_that_do_not_fit_are_dropped_and_counted(tmp_path, capsys):
+    """Five r = 9 Å particles cannot all sit 6 Å apart in a 40 Å cell: the extra ones are dropped, the
+    manifest and the scene record how many, and the atoms hold exactly the placed ones."""
+    dist = tmp_path / "crowded.yaml"
+    dist.write_text("cell: {x: 40, y: 40}\nsubstrate_thickness: 6\nn_particles: {min: 5, max: 5}\n"
+                    "min_separation: 6.0\nparticles: {radius: {min: 9, max: 9}, twins: {min: 0, max: 0}}\n")
+    d = tmp_path / "scenes"
+    code, _, _ = _run(["structures", "sample", str(dist), "--n", "2", "--seed", "3", "--out", str(d)], capsys)
+    assert code == 0
+    rows = [json.loads(x) for x in (d / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["n_particles_dropped"] >= 1 and r["n_particles"] + r["n_particles_dropped"] == 5, r
+        a = read_extxyz(d / r["file"])
+        assert a.info["scene"]["n_particles_dropped"] == r["n_particles_dropped"]
+        assert sorted(set(a.arrays["particle_id"].tolist()) - {-1}) == list(range(r["n_particles"]))
+    # a roomy cell drops nothing
+    dist.write_text(dist.read_text().replace("x: 40, y: 40", "x: 200, y: 200"))
+    code, _, _ = _run(["structures", "sample", str(dist), "--n", "1", "--seed", "3", "--out", str(tmp_path / "r")],
+                      capsys)
+    row = json.loads((tmp_path / "r" / "manifest.jsonl").read_text())
+    assert code == 0 and row["n_particles_dropped"] == 0 and row["n_particles"] == 5
+
+
+def test_cli_build_with_prismatic_export(tmp_path, capsys):
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("cell: {x: 30, y: 30}\nsubstrate: {thickness: 6}\nvacuum: 2\n"
+                     "particles: [{material: Pt, radius: 6, position: [2, 15]}]\n")
+    out, xyz = tmp_path / "scene.extxyz", tmp_path / "scene.xyz"
+    code, _, _ = _run(["structures", "build", str(scene), "--seed", "1",
+                       "--out", str(out), "--prismatic", str(xyz)], capsys)
+    assert code == 0
+    atoms = read_extxyz(out)
+    lines = xyz.read_text().splitlines()
+    assert lines[-1] == "-1" and len(lines) == len(atoms) + 3
+    assert np.allclose([float(x) for x in lines[1].split()], atoms.cell.lengths(), atol=1e-6)
+    rows = np.array([[float(x) for x in ln.split()] for ln in lines[2:-1]])
+    assert np.array_equal(rows[:, 0].astype(int), atoms.numbers)
+    assert np.allclose(rows[:, 1:4], np.mod(atoms.positions, atoms.cell.lengths()), atol=2e-6)
+    assert set(rows[rows[:, 0] == 78, 5]) != set(rows[rows[:, 0] == 6, 5])  # per-element Debye–Waller σ
+    assert set(rows[:, 4]) == {1.0} and (rows[:, 5] > 0.03).all() and (rows[:, 5] < 0.2).all()
+    # both files or neither: a bad --prismatic target leaves no extxyz either
+    out2 = tmp_path / "b.extxyz"
+    code, _, err = _run(["structures", "build", str(scene), "--out", str(out2), "--prismatic", str(tmp_path)],
+                        capsys)
+    assert code == 2 and "--prismatic" in err and not out2.exists()
 
 
 def test_embedded_particle_has_no_substrate_inside():
