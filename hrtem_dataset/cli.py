@@ -72,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # click usage errors in standalone_mode=False surface as exceptions below
         return int(exc.code or 0)
     except Exception as exc:  # click usage errors (typer may vendor its own click)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+        if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "show"):  # `hrtem` alone: the help
             exc.show()
+            return int(exc.exit_code or 2)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            # usage errors (bad number on a flag, missing option, unknown option): one line like the rest
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: hrtem {' '.join(ctx.command_path.split()[1:])} --help)".replace("  ", " ") if ctx else ""
+            typer.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
             return 2 if exc.exit_code in (None, 0, 1) and "Usage" in type(exc).__name__ else int(exc.exit_code or 2)
         if type(exc).__name__ == "Abort":
             typer.echo("aborted", err=True)

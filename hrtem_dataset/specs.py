@@ -47,7 +47,27 @@ class Strict(BaseModel):
                 v = data.get(name)
                 if isinstance(v, bool) and field.annotation in (float, int, float | None, int | None):
                     raise ValueError(f"{name}: expected a number, got {str(v).lower()}")
+                if not _allows_bool(field.annotation):  # e.g. weights: [true, 1], position: [true, 3]
+                    items = v.values() if isinstance(v, dict) and _is_mapping_type(field.annotation) else (
+                        v if isinstance(v, list | tuple) else [v])
+                    if any(isinstance(x, bool) for x in items):
+                        raise ValueError(f"{name}: expected a number, got a boolean")
         return data
+
+
+def _allows_bool(annotation) -> bool:
+    """Whether ``bool`` (or ``Any``) occurs anywhere in a field's type."""
+    import typing
+
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(annotation))
+
+
+def _is_mapping_type(annotation) -> bool:
+    import typing
+
+    return typing.get_origin(annotation) is dict or any(_is_mapping_type(a) for a in typing.get_args(annotation))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +268,21 @@ class ParticleDistributionSpec(Strict):
     @classmethod
     def _radius(cls, v: Param) -> Param:
         return _check_bounds(v, 2.0, 500.0, "radius", "Å")
+
+    @field_validator("materials")
+    @classmethod
+    def _materials(cls, v: Choice) -> Choice:  # unknown materials before any run starts, not inside one
+        from .structures.crystals import get_crystal
+
+        for m in v.values:
+            if not isinstance(m, str) or not m.strip():
+                raise ValueError(f"expected material names (element symbols or CIF paths), got {m!r}")
+            if not m.strip().lower().endswith(".cif"):
+                try:
+                    get_crystal(m)
+                except InputError as exc:
+                    raise ValueError(str(exc).removeprefix("material: ")) from None
+        return v
 
     @field_validator("shapes")
     @classmethod

@@ -94,11 +94,13 @@ class TrainConfig:
             raise InputError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.freeze not in (None, "encoder", "decoder"):
             raise InputError(f"--freeze: must be 'encoder' or 'decoder', got {self.freeze!r}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise InputError(f"--steps: must be >= 1, got {self.steps}")
+        for name, top in (("epochs", 10**6), ("batch_size", 4096)):
+            if not 1 <= int(getattr(self, name)) <= top:
+                raise InputError(f"--{name.replace('_', '-')}: must be in 1..{top}, got {getattr(self, name)}")
+        if self.steps is not None and not 1 <= self.steps <= 10**9:
+            raise InputError(f"--steps: must be in 1..10^9, got {self.steps}")
+        if not 0 <= int(self.seed) < 2**63:
+            raise InputError(f"--seed: must be in 0..2^63-1, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr: must be > 0, got {self.lr}")
         if not 0.0 < float(self.threshold) < 1.0:
@@ -279,6 +281,30 @@ def _dataset_imaging(dataset, config: str | None, pixel_size: float):
     return ImagingDistributionSpec(pixel_size=float(pixel_size))
 
 
+TRAIN_OUTPUTS = ("config.json", "model.safetensors", "hrtem.json", "README.md", "history.json",
+                 "real_evaluation.json", "evaluation.json", "checkpoints", ".*")
+"""What a training output folder holds (hidden names: temporary files, study bookkeeping)."""
+
+
+def check_train_out(out_dir: str | Path) -> Path:
+    """``--out`` must be a new folder, an empty one or a previous training output (nothing else in it):
+    refused up front, before any training, so that no unrelated file is overwritten."""
+    import fnmatch
+
+    from hrtem_dataset.io import check_output_file
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, pat) for pat in TRAIN_OUTPUTS))
+        if foreign:
+            raise InputError(f"--out {out}: folder holds files that are not a model's (e.g. {foreign[0]!r}); "
+                             "use a new or empty folder")
+    check_output_file(out / "config.json", "--out")
+    return out
+
+
 def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, config: str | None = None,
           user_data: str | Path | None = None, val_user_data: str | Path | None = None,
           train_split: str = "train", val_split: str = "validation", imaging=None,
@@ -310,6 +336,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
         raise InputError(f"--val-every: must be >= 1, got {val_every}")
     if dataset is None and user_data is None:
         raise InputError("--dataset or --user-data: training needs data")
+    check_train_out(out_dir)
     dev = _device(device)
     t0 = time.time()
 

@@ -51,6 +51,8 @@ def train_cmd(
             channels = tuple(int(c) for c in decoder_channels.split(","))
         except ValueError:
             raise InputError(f"--decoder-channels: expected integers like 64,32,16, got {decoder_channels!r}") from None
+        if not all(1 <= c <= 4096 for c in channels):
+            raise InputError(f"--decoder-channels: each must be in 1..4096, got {decoder_channels!r}")
     if dataset is None and user_data is None:
         raise InputError("--dataset or --user-data: training needs data")
     res = train(dataset, out, config=config, user_data=user_data, user_pixel_size=user_pixel_size,
@@ -104,6 +106,10 @@ def segment_cmd(
     """Segment a micrograph or a folder of micrographs: mask PNG + per-particle CSV each; prints one JSON line."""
     from models.inference import segment, segment_folder
 
+    if not 16 <= tile <= 16384:
+        raise InputError(f"--tile: must be in 16..16384 pixels, got {tile}")
+    if not 0 <= overlap <= tile // 2:
+        raise InputError(f"--overlap: must be in 0..{tile // 2} pixels (half of --tile), got {overlap}")
     if image.is_dir():
         if csv_path is not None:
             raise InputError("--csv: not used for a folder (each image gets OUT/NAME.csv)")

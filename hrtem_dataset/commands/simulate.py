@@ -35,6 +35,19 @@ def _read_scene(path: Path):
         raise InputError(f"{path}: cannot read extxyz: {' '.join(str(exc).split())}") from None
     if "particle_id" not in atoms.arrays:
         raise InputError(f"{path}: missing per-atom array 'particle_id'")
+    import numpy as np
+
+    from ..simulation.core import _check_atoms
+
+    lengths = _check_atoms(atoms, str(path))  # orthorhombic, cell lengths > 0, finite positions
+    if len(atoms) == 0:
+        raise InputError(f"{path}: the scene has no atoms")
+    margin = np.maximum(2.0, 0.05 * lengths)  # Å; a scene from `hrtem structures build` lies inside its cell
+    outside = np.flatnonzero(np.any((atoms.positions < -margin) | (atoms.positions > lengths + margin), axis=1))
+    if outside.size:
+        i = int(outside[0])
+        raise InputError(f"{path}: {outside.size} atom(s) far outside the cell {lengths.round(3).tolist()} Å "
+                         f"(e.g. atom {i} at {atoms.positions[i].round(3).tolist()} Å)")
     return atoms
 
 
@@ -59,8 +72,8 @@ def simulate_command(
     from ..simulation import simulate_scene
     from ..specs import SimulationSpec
 
-    if seed < 0:
-        raise InputError(f"--seed: must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed: must be in 0..2^63-1, got {seed}")
     check_output_file(out)
     try:
         spec = SimulationSpec(engine=engine, energy=energy, sampling=sampling, slice_thickness=slice_thickness,

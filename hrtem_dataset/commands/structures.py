@@ -10,11 +10,14 @@ import typer
 structures_app = typer.Typer(help="Build nanoparticle-on-carbon scenes (extxyz).", no_args_is_help=True)
 
 
+MAX_SCENES = 1_000_000  # scenes per `structures sample` (a typo like 2^70 must not run forever)
+
+
 def _check_seed(seed: int) -> int:
     from ..errors import InputError
 
-    if seed < 0:
-        raise InputError(f"--seed: must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed: must be in 0..2^63-1, got {seed}")
     return seed
 
 
@@ -65,8 +68,8 @@ def sample_command(
         dist = validate_spec(data, DatasetSpec, str(dist_path)).structures
     else:
         dist = validate_spec(data, StructureDistributionSpec, str(dist_path))
-    if n < 1:
-        raise InputError(f"--n: must be >= 1, got {n}")
+    if not 1 <= n <= MAX_SCENES:
+        raise InputError(f"--n: must be in 1..{MAX_SCENES:,}, got {n}")
     check_output_dir(out, allowed=("manifest.jsonl", "scene-*.extxyz"))
     _check_seed(seed)
     lines = []

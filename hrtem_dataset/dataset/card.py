@@ -209,6 +209,12 @@ def read_configs(folder: str | Path) -> list[tuple[DatasetSpec, dict]]:
             summary = json.loads(summary_path.read_text())
         except ValueError:
             raise InputError(f"{summary_path}: malformed JSON") from None
+        if not (isinstance(summary, dict) and isinstance(summary.get("features"), dict)
+                and isinstance(summary.get("splits"), dict)
+                and all(isinstance(v, dict) and isinstance(v.get("num_examples"), int)
+                        for v in summary["splits"].values())):
+            raise InputError(f"{summary_path}: not a configuration summary (needs 'features' and 'splits' "
+                             "with num_examples)")
         out.append((spec, summary))
     return out
 
@@ -384,6 +390,8 @@ def write_dataset_card(out_dir: str | Path, specs: list[DatasetSpec] | None = No
     if not out_dir.is_dir():
         raise InputError(f"{out_dir}: no such dataset folder")
     configs = read_configs(out_dir)
+    if not configs:
+        raise InputError(f"{out_dir}: the folder holds no written configuration (specs/<config>.yaml)")
     if specs is not None:
         wanted = {s.config_name for s in specs}
         missing = wanted - {s.config_name for s, _ in configs}

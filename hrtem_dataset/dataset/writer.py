@@ -681,7 +681,12 @@ def check_no_leakage(folder: str | Path, config: str) -> LeakageReport:
     for split, files in split_files(folder, config).items():
         ids[split] = set()
         for f in files:
-            ids[split].update(pq.read_table(f, columns=["structure_id"]).column("structure_id").to_pylist())
+            try:
+                table = pq.read_table(f, columns=["structure_id"])
+            except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise InputError(f"{f}: not a readable parquet file with a structure_id column "
+                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+            ids[split].update(table.column("structure_id").to_pylist())
     shared = {}
     names = list(ids)
     for i, a in enumerate(names):
