@@ -388,7 +388,9 @@ def build_config_assets(src: DatasetConfigSource, simulation_pool: str | None = 
     def trained_model(context: AssetExecutionContext, workspace: Workspace,
                       simulation: SimulationEngine) -> MaterializeResult:
         root = workspace.path()
-        stats = pl.train_model(spec, root, device=simulation.device)
+        from hrtem_dataset.progress import enabled as progress_on  # `hrtem materialize` without --quiet
+
+        stats = pl.train_model(spec, root, device=simulation.device, progress=progress_on())
         return MaterializeResult(metadata={**_stats_metadata(stats), "path": MetadataValue.path(stats["path"]),
                                            "spec_hash": spec.hash()})
 

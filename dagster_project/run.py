@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 
 from hrtem_dataset import pipeline as pl
+from hrtem_dataset import progress
 from hrtem_dataset.errors import InputError
 
 from .assets import PARTITIONED, build_config_assets, load_config, shard_keys
@@ -114,15 +115,16 @@ def _materialize(src, spec, out: Path, root: Path, assets, resources, echo) -> d
         def run(selection, partition: str | None = None, label: str = "") -> dg.ExecuteInProcessResult:
             t0 = time.perf_counter()
             try:
-                res = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance,
-                                     resources=resources, run_config=QUIET_LOGS,
-                                     tags={"hrtem/config": g, "hrtem/source": "hrtem materialize"})
+                with progress.stage(label, log=False):  # a spinner row on stderr while the stage runs (`hrtem materialize`)
+                    res = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance,
+                                         resources=resources, run_config=QUIET_LOGS,
+                                         tags={"hrtem/config": g, "hrtem/source": "hrtem materialize"})
             except Exception as exc:  # noqa: BLE001 - re-raised as the user error or one RuntimeError
                 inner = _unwrap(exc)
                 if isinstance(inner, InputError):
                     raise inner from None
                 raise RuntimeError(f"{label or selection}: {type(inner).__name__}: {inner} (full logs: "
-                                   f"DAGSTER_HOME={home} dagster dev -m dagster_project)") from exc
+                                   f"DAGSTER_HOME={home} dg dev, in the project folder)") from exc
             echo(f"  {label}: done in {time.perf_counter() - t0:.1f} s (run {res.run_id[:8]})")
             return res
 
@@ -130,14 +132,18 @@ def _materialize(src, spec, out: Path, root: Path, assets, resources, echo) -> d
              f"in {spec.n_shards} shards (group {g})")
         run([dg.AssetKey([g, "structure_specs"])], label="structure_specs")
         images_key = dg.AssetKey([g, "imaged_samples"])
+        shards = progress.bar(spec.n_shards, desc="shards", disable=not progress.enabled())
         for shard, part in enumerate(shard_keys(spec)):
             if _shard_done(instance, images_key, spec, shard, part, root):
                 echo(f"  shard {part}: already materialized, skipped")
                 summary["shards_skipped"].append(part)
+                shards.update(1)
                 continue
             run([dg.AssetKey([g, n]) for n in PARTITIONED], partition=part,
                 label=f"shard {part} (structures, exit_waves, imaged_samples)")
             summary["shards_run"].append(part)
+            shards.update(1)
+        shards.close()
         downstream = dg.AssetSelection.assets(dg.AssetKey([g, "dataset_splits"])).downstream()
         res = run(downstream, label="dataset_splits and downstream")
         for ev in res.get_asset_check_evaluations():

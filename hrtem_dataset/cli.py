@@ -4,6 +4,10 @@ Each command group lives in ``hrtem_dataset/commands/<group>.py`` and registers 
 through ``register(app)``; heavy libraries (torch, dagster, datasets) are imported inside the commands so
 that ``hrtem --help`` stays fast. Bad input raises :class:`~hrtem_dataset.errors.InputError`, printed
 as one line ``error: ...`` on stderr with exit code 2.
+
+Shared options (:mod:`hrtem_dataset.commands.options`): ``--device`` (default ``auto``, checked before any
+work), ``--engine`` (choices), ``--quiet``/``-q`` on every command (progress goes to stderr, never to the
+JSON on stdout; see :mod:`hrtem_dataset.progress`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
                                        help="Print the package version and exit.")) -> None:
     """Simulated HRTEM datasets: structures, exit waves, imaging, labels, datasets, models."""
 

@@ -441,7 +441,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
             tmp.write_bytes(buf.getvalue())
 
     # ---- loop --------------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
+    from hrtem_dataset.progress import bar as tqdm  # rich, on stderr, tqdm's interface
 
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)

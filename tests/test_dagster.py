@@ -165,7 +165,7 @@ def test_kill_and_resume_equals_uninterrupted(whole_graph, tmp_path):
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # shard 0 was not recomputed
-    assert str(out / "dataset") in r.stdout and "dagster dev -m dagster_project" in r.stdout
+    assert str(out / "dataset") in r.stdout and " dev --target-path " in r.stdout  # the `dg dev` line
     reference = pl.assemble_dataset(spec, whole_graph["ws"], tmp_path / "reference")["path"]
     assert _parquet_digests(out / "dataset", "tiny") == _parquet_digests(Path(reference), "tiny")
     # the SQLite instance in DIR/.dagster holds the runs for `dagster dev`

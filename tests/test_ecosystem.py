@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +234,112 @@ def test_publish_dry_run_writes_the_repo_id_into_the_card(folder):
     assert rc == 0, err
     assert 'card: ds = load_dataset("lab/hrtem-test", "tiny", revision="v0.1.0")' in err
     assert "<org>/" not in err and "README.md" in out.split()
+
+
+# ------------------------------------------------------------------------------------------------------
+# 4./5. progress on stderr (quiet with --quiet), JSON stdout stays clean; shared --device/--engine/-V
+# ------------------------------------------------------------------------------------------------------
+
+HRTEM = str(Path(sys.executable).with_name("hrtem"))
+
+
+def _hrtem(args, cwd, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([HRTEM, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from ase import Atoms
+
+    from hrtem_dataset.structures import write_extxyz
+
+    rng = np.random.default_rng(0)
+    c = rng.uniform([0, 0, 2.0], [10.0, 10.0, 5.0], (30, 3))
+    au = np.array([[5.0, 5.0, 8.0], [6.4, 5.0, 8.0], [5.0, 6.4, 8.0], [5.7, 5.7, 9.2]])
+    atoms = Atoms(["C"] * len(c) + ["Au"] * len(au), positions=np.vstack([c, au]), cell=[10.0, 10.0, 12.0], pbc=True)
+    atoms.set_array("particle_id", np.r_[-np.ones(len(c), int), np.zeros(len(au), int)].astype(np.int32))
+    path = tmp_path_factory.mktemp("scene") / "scene.extxyz"
+    write_extxyz(atoms, path)
+    return path
+
+
+def test_simulate_progress_on_stderr_quiet_silent_json_clean(scene, tmp_path):
+    r = _hrtem(["simulate", scene, "--out", tmp_path / "a.npz"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gpts"] == [100, 100]  # stdout: exactly one JSON line
+    assert "multislice: 34 atoms, 2 waves (torch, auto): done in" in r.stderr
+    q = _hrtem(["simulate", scene, "--out", tmp_path / "b.npz", "--quiet"], tmp_path)
+    assert q.returncode == 0 and q.stderr == ""
+    assert json.loads(q.stdout) == {**json.loads(r.stdout), "out": str(tmp_path / "b.npz")}
+
+
+def test_materialize_progress_per_stage_shard_and_training_step_and_quiet(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dagster_helpers import write_tiny_config
+
+    cfg = write_tiny_config(tmp_path)
+    r = _hrtem(["materialize", cfg, "--out", tmp_path / "out"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "shard 00001 (structures, exit_waves, imaged_samples): done in" in r.stderr
+    assert "shards " in r.stderr and "2/2" in r.stderr  # the shard bar
+    assert any(line.lstrip().startswith("train ") and "3/3" in line for line in r.stderr.splitlines())  # steps
+    assert "dataset_splits and downstream: done in" in r.stderr
+    assert r.stdout.startswith("dataset: ") and "dg dev --target-path" in r.stdout  # no progress on stdout
+    q = _hrtem(["materialize", cfg, "--out", tmp_path / "out", "-q"], tmp_path)
+    assert q.returncode == 0 and q.stderr == "", q.stderr
+    assert "(0 shards run, 2 reused)" in q.stdout
+
+
+def test_every_command_takes_quiet_and_device_is_one_validated_option():
+    import typer.main
+
+    from hrtem_dataset.cli import app
+
+    root = typer.main.get_command(app)
+    commands = []
+    for name, cmd in root.commands.items():
+        subs = getattr(cmd, "commands", None)
+        commands += [(f"{name} {n}", c) for n, c in subs.items()] if subs else [(name, cmd)]
+    assert len(commands) >= 11
+    for name, cmd in commands:
+        opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+        assert "--quiet" in opts and "-q" in opts, name
+        device = [p for p in cmd.params if "--device" in p.opts]
+        if device:
+            assert device[0].metavar in ("[auto|cpu|cuda|cuda:N]", "[auto|cpu|cuda]"), name
+            assert device[0].default in ("auto", None), name  # None: the config's own (auto in every config)
+    rc, out, _ = run_cli(["-V"])
+    assert rc == 0 and out.strip() == __import__("hrtem_dataset").__version__
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "scene.extxyz", "--out", "w.npz", "--device", "gpu"],
+    ["simulate", "scene.extxyz", "--out", "w.npz", "--engine", "multislice"],
+    ["materialize", "configs/demo.yaml", "--device", "cuda:x"],
+    ["study", "run", "configs/studies/quality.yaml", "--out", "x", "--device", "tpu"],
+    ["train", "--out", "m", "--dataset", "d", "--device", "cuda:"],
+    ["evaluate", "--model", "m", "--dataset", "d", "--device", "nope"],
+    ["segment", "img.png", "--model", "m", "--out", "m.png", "--device", "gpu0"],
+])
+def test_bad_device_or_engine_one_line_exit_2(argv):
+    rc, out, err = run_cli(argv)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and ("--device" in err or "--engine" in err), err
+
+
+def test_device_cuda_without_cuda_is_refused_up_front():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    for argv in (["evaluate", "--model", "m", "--dataset", "d", "--device", "cuda"],
+                 ["simulate", "s.extxyz", "--out", "w.npz", "--device", "cuda"]):
+        rc, _, err = run_cli(argv)
+        assert rc == 2 and err.startswith("error: --device:") and "CUDA is not available" in err, err
+
+
+def test_help_shows_engine_and_device_choices():
+    for argv in (["simulate", "--help"], ["materialize", "--help"]):
+        r = subprocess.run([HRTEM, *argv], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+        assert "torch|abtem|prismatic" in r.stdout and "[auto|cpu|cuda]" in r.stdout, r.stdout
+    r = subprocess.run([HRTEM, "segment", "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert "[auto|cpu|cuda|cuda:N]" in r.stdout

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .options import quiet_option
+
 dataset_app = typer.Typer(help="Dataset folders laid out as Hugging Face dataset repos.", no_args_is_help=True)
 
 
@@ -16,6 +18,7 @@ def publish_command(
     revision: str | None = typer.Option(None, "--revision", help="tag to create (default: v<version>)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the files that would be uploaded, upload nothing"),
     private: bool | None = typer.Option(None, "--private/--public", help="visibility when the repo is created"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Upload a built dataset or model folder to the Hub (create_repo, upload_folder, create_tag).
 
@@ -29,6 +32,8 @@ def publish_command(
     if dry_run:
         for f in result.files:
             typer.echo(f)
+        if quiet:
+            return
         typer.echo(f"dry run: would upload {len(result.files)} files ({result.num_bytes} bytes) to "
                    f"{result.repo_type} repo {result.repo_id}" + (f", tag {result.tag}" if result.tag else ""),
                    err=True)
@@ -39,12 +44,13 @@ def publish_command(
         typer.echo(f"uploaded {len(result.files)} files to {result.repo_type} repo {result.repo_id}"
                    + (f" (commit {result.commit})" if result.commit else "")
                    + (f", tagged {result.tag}" if result.tag else ""))
-    for note in result.notes:
+    for note in [] if quiet else result.notes:
         typer.echo(f"note: {note}", err=True)
 
 
 @dataset_app.command("card")
-def card_command(folder: Path = typer.Argument(..., help="dataset folder")) -> None:
+def card_command(folder: Path = typer.Argument(..., help="dataset folder"),
+                 quiet: bool = quiet_option()) -> None:  # noqa: ARG001 - nothing on stderr but errors
     """Regenerate README.md (dataset card) from every configuration in the folder."""
     from ..dataset.card import write_dataset_card
 
@@ -55,6 +61,7 @@ def card_command(folder: Path = typer.Argument(..., help="dataset folder")) -> N
 def check_command(
     folder: Path = typer.Argument(..., help="dataset folder"),
     config: list[str] = typer.Option(None, "--config", help="configuration(s) to check (default: all)"),
+    quiet: bool = quiet_option(),  # noqa: ARG001 - nothing on stderr but errors
 ) -> None:
     """Check that no structure id appears in two splits; one JSON line per configuration, exit 2 on a leak."""
     from ..dataset.card import read_configs

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
+from .options import device_option, quiet_option
 
 
 def register(app: typer.Typer) -> None:
@@ -37,11 +38,13 @@ def train_cmd(
     user_pixel_size: float = typer.Option(None, "--user-pixel-size", help="Pixel size (Å) of --user-data images."),
     seed: int = typer.Option(0, "--seed"),
     val_every: int = typer.Option(1, "--val-every", help="Validate every N epochs (and after the last)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = device_option(),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from OUT/checkpoints/last.pt."),
-    progress: bool = typer.Option(True, "--progress/--quiet"),
+    progress: bool = typer.Option(True, "--progress/--quiet", " /-q",
+                                  help="Training progress (steps, loss, epochs) on stderr, or none."),
 ) -> None:
     """Train or fine-tune a U-Net segmentation model; prints the final metrics as one JSON line."""
+    from hrtem_dataset import progress as _progress
     from models.evaluate import json_safe
     from models.train import train
 
@@ -55,6 +58,7 @@ def train_cmd(
             raise InputError(f"--decoder-channels: each must be in 1..4096, got {decoder_channels!r}")
     if dataset is None and user_data is None:
         raise InputError("--dataset or --user-data: training needs data")
+    _progress.set_enabled(progress)
     res = train(dataset, out, config=config, user_data=user_data, user_pixel_size=user_pixel_size,
                 device=device, resume=resume, progress=progress, val_every=val_every, encoder=encoder, encoder_depth=encoder_depth,
                 decoder_channels=channels, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
@@ -70,14 +74,18 @@ def evaluate_cmd(
     config: str = typer.Option(None, "--config", help="Dataset configuration name."),
     split: str = typer.Option("test", "--split"),
     pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size (Å) of micrograph-folder images."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = device_option(),
+    quiet: bool = quiet_option(),
     record: bool = typer.Option(False, "--record", help="Folder of real micrographs: store the result in "
                                 "MODEL/real_evaluation.json and show it in the model card."),
 ) -> None:
     """Evaluate a model; prints ONE JSON line (iou, f1, precision, recall, detection statistics; for a folder
     of labelled micrographs pooled and per-image F1)."""
+    from hrtem_dataset import progress
     from models.data import _is_user_folder
     from models.evaluate import evaluate, json_safe
+
+    progress.set_enabled(not quiet)
 
     if record and not (Path(model).is_dir() and _is_user_folder(Path(dataset))):
         raise InputError("--record: needs a local model folder and a folder of labelled micrographs")
@@ -100,8 +108,8 @@ def segment_cmd(
     csv_path: Path = typer.Option(None, "--csv", help="Per-particle CSV (default: OUT with suffix .csv)."),
     tile: int = typer.Option(512, "--tile", help="Tile size for large images (pixels at the model's pixel size)."),
     overlap: int = typer.Option(64, "--overlap"),
-    device: str = typer.Option("auto", "--device"),
-    progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bar on stderr (folder mode)."),
+    device: str = device_option(),
+    progress: bool = typer.Option(True, "--progress/--quiet", " /-q", help="Progress bar on stderr (folder mode)."),
 ) -> None:
     """Segment a micrograph or a folder of micrographs: mask PNG + per-particle CSV each; prints one JSON line."""
     from models.inference import segment, segment_folder

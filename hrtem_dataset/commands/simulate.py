@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from .options import Engine, device_option, quiet_option
+
 
 def _read_scene(path: Path):
     from ..errors import InputError
@@ -54,16 +56,28 @@ def _read_scene(path: Path):
 def simulate_command(
     scene: Path = typer.Argument(..., metavar="scene.extxyz", help="scene written by `hrtem structures build`"),
     out: Path = typer.Option(..., "--out", help="output .npz file"),
-    engine: str = typer.Option("torch", "--engine", help="torch | abtem | prismatic"),
+    engine: Engine = typer.Option(Engine.torch, "--engine", help="multislice engine"),
     energy: float = typer.Option(300e3, "--energy", help="beam energy, eV"),
     sampling: float = typer.Option(0.1, "--sampling", help="real-space sampling, Å"),
     slice_thickness: float = typer.Option(2.0, "--slice-thickness", help="slice thickness, Å"),
     phonons: int = typer.Option(0, "--phonons", help="frozen-phonon configurations (0 = static lattice)"),
     parametrization: str = typer.Option("lobato", "--parametrization", help="lobato | kirkland"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    device: str = device_option(simulation=True),
     seed: int = typer.Option(0, "--seed", help="seed of the frozen-phonon displacements"),
+    quiet: bool = quiet_option(),
 ) -> None:
-    """Simulate the exit waves of a scene and of its particles alone (for labels)."""
+    """Simulate the exit waves of a scene and of its particles alone (for labels); progress per stage on
+    stderr, one JSON line on stdout."""
+    from .. import progress
+
+    progress.set_enabled(not quiet)
+    with progress.display():
+        _simulate(scene, out, engine.value, energy, sampling, slice_thickness, phonons, parametrization, device,
+                  seed)
+
+
+def _simulate(scene: Path, out: Path, engine: str, energy: float, sampling: float, slice_thickness: float,
+              phonons: int, parametrization: str, device: str, seed: int) -> None:
     import numpy as np
     from pydantic import ValidationError
 
@@ -85,12 +99,17 @@ def simulate_command(
 
         if not torch.cuda.is_available():
             raise InputError("--device: cuda requested but no CUDA device is available")
-    atoms = _read_scene(scene)
-    result = simulate_scene(atoms, spec, seed)
+    from .. import progress
+
+    with progress.stage(f"reading {scene.name}"):
+        atoms = _read_scene(scene)
+    n_waves = max(spec.phonons, 1) + 1
+    with progress.stage(f"multislice: {len(atoms)} atoms, {n_waves} waves ({spec.engine}, {spec.device})"):
+        result = simulate_scene(atoms, spec, seed)
     settings = {k: v for k, v in result.items() if k not in ("scene", "particles")}
     settings.update(spec=spec.model_dump(mode="json"), source=str(scene), n_atoms=len(atoms),
                     scene=atoms.info.get("scene"))
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+    with progress.stage(f"writing {out.name}"), atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, scene=result["scene"], particles=result["particles"],
                  sampling=np.asarray(result["sampling"], dtype=np.float64),
                  energy=np.float64(result["energy"]), gpts=np.asarray(result["gpts"], dtype=np.int64),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .options import quiet_option
+
 structures_app = typer.Typer(help="Build nanoparticle-on-carbon scenes (extxyz).", no_args_is_help=True)
 
 
@@ -27,6 +29,7 @@ def build_command(
     seed: int = typer.Option(0, "--seed", help="seed of the scene (substrate, defects, orientations)"),
     out: Path = typer.Option(..., "--out", help="output extxyz file"),
     prismatic: Path | None = typer.Option(None, "--prismatic", help="also write the Prismatic XYZ file here"),
+    quiet: bool = quiet_option(),  # noqa: ARG001 - one scene: nothing on stderr but errors
 ) -> None:
     """Build one concrete scene from a scene spec and write it as extxyz."""
     from ..io import atomic_path, check_output_file
@@ -56,6 +59,7 @@ def sample_command(
     n: int = typer.Option(..., "--n", help="number of scenes"),
     seed: int = typer.Option(0, "--seed", help="root seed; scene i uses derive_seed(seed, 'structure', i)"),
     out: Path = typer.Option(..., "--out", help="output directory (replaced atomically)"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Draw N scenes from a distribution: DIR/scene-NNNNN.extxyz and DIR/manifest.jsonl."""
     from ..errors import InputError
@@ -72,8 +76,11 @@ def sample_command(
         raise InputError(f"--n: must be in 1..{MAX_SCENES:,}, got {n}")
     check_output_dir(out, allowed=("manifest.jsonl", "scene-*.extxyz"))
     _check_seed(seed)
+    from .. import progress
+
+    progress.set_enabled(not quiet)
     lines = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, progress.bar(n, desc="scenes", disable=quiet) as scenes:
         for i in range(n):
             s, spec, dropped, atoms = sample_scene(dist, seed, i)
             name = f"scene-{i:05d}.extxyz"
@@ -82,6 +89,7 @@ def sample_command(
                                      "n_particles": len(spec.particles), "n_particles_dropped": dropped,
                                      "scene": atoms.info["scene"]},
                                     sort_keys=True))
+            scenes.update(1)
         (tmp / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     typer.echo(json.dumps({"out": str(out), "n": n, "seed": seed}))
 

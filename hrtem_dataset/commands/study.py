@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .options import Engine, device_option, quiet_option
+
 study_app = typer.Typer(help="Studies: models trained on variants of a dataset, evaluated on identical sets.",
                         no_args_is_help=True)
 
@@ -16,13 +18,17 @@ def run_command(
     out: Path = typer.Option(..., "--out", help="output folder: DIR/study/ (report), DIR/.dagster, DIR/.hrtem"),
     workspace: Path | None = typer.Option(None, "--workspace",
                                           help="intermediate artifacts (default $HRTEM_HOME, else DIR/.hrtem)"),
-    engine: str | None = typer.Option(None, "--engine", help="override the multislice engine"),
-    device: str | None = typer.Option(None, "--device", help="override the device (auto|cpu|cuda)"),
+    engine: Engine | None = typer.Option(None, "--engine", help="override the configs' multislice engine"),
+    device: str | None = device_option(None, simulation=True, help="override the configs' device (the shipped "
+                                       "configs say auto = CUDA when available, else the CPU)"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Materialize the study's assets in process (resumable: finished datasets, models and evaluations are
     reused) and write DIR/study/: study.json, README.md (study card) and plots/*.png."""
+    from hrtem_dataset import progress
     from hrtem_dataset.errors import InputError
 
+    progress.set_enabled(not quiet)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
     from dagster_project.study_run import run_study, validate_study
@@ -30,13 +36,15 @@ def run_command(
     from .materialize import run_graph
 
     validate_study(spec)  # bad spec or k too large for the real folder: exit 2, nothing written
-    summary = run_graph(run_study, spec, out, workspace=workspace, engine=engine, device=device)
+    summary = run_graph(run_study, spec, out, workspace=workspace, engine=engine.value if engine else None,
+                        device=device)
     typer.echo(f"report: {summary['report']}")
     typer.echo(f"time:   {summary['seconds']:.1f} s ({summary['runs']} runs)")
 
 
 @study_app.command("report")
-def report_command(folder: Path = typer.Argument(..., help="a study folder (with study.json) or a --out DIR")) -> None:
+def report_command(folder: Path = typer.Argument(..., help="a study folder (with study.json) or a --out DIR"),
+                   quiet: bool = quiet_option()) -> None:  # noqa: ARG001 - nothing on stderr but errors
     """Re-render README.md and plots/*.png of a study folder from its study.json."""
     from hrtem_dataset.studies import render_report
 
