@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,9 +76,27 @@ def materialize_config(config: str | Path, out_dir: str | Path, *, workspace: st
     resources = {"workspace": Workspace(root=str(root)),
                  "simulation": SimulationEngine(engine=engine, device=device),
                  "publish_target": PublishTarget(local_dir=str(out))}
+    out_new, home_new = not out.exists(), not (out / ".dagster").exists()
     out.mkdir(parents=True, exist_ok=True)
-    with _single_writer(out):
-        return _materialize(src, spec, out, root, assets, resources, echo)
+    remove_out = False
+    try:
+        with _single_writer(out):
+            try:
+                return _materialize(src, spec, out, root, assets, resources, echo)
+            except InputError:  # a user error: leave nothing behind that was not there before
+                if home_new:  # (a failed step, RuntimeError, keeps the instance: its logs are the diagnosis)
+                    shutil.rmtree(out / ".dagster", ignore_errors=True)
+                if out_new:
+                    for child in out.iterdir():
+                        if child.name != LOCK_NAME:
+                            shutil.rmtree(child) if child.is_dir() else child.unlink()
+                    remove_out = True
+                raise
+    finally:
+        if remove_out:  # after the lock is released; rmdir fails (and keeps it) if anything new appeared
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
 
 
 LOCK_NAME = ".hrtem-materialize.lock"

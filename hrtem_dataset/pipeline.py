@@ -28,6 +28,8 @@ Every stage returns a small JSON-able stats dict (counts, timings, throughput) u
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import time
@@ -110,8 +112,39 @@ def images_fingerprint(spec: DatasetSpec, root=None) -> str:
                       "imaging": spec.imaging.model_dump(mode="json"), "labels": spec.labels.model_dump(mode="json")})
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An OS file lock (``filelock``): a second process waits until the first releases it or ends."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path)):
+        yield
+
+
+def _one_writer(stage: str):
+    """Decorator of a per-shard stage function: one writer per shard of a workspace stage folder
+    (``<config_dir>/<stage>/.shard-NNNNN.lock``); a second process building the same shard waits, then
+    finds the finished files and reuses them. Different shards still run in parallel."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(spec: DatasetSpec, shard: int, root=None, *args, **kw):
+            _shard_of(spec, shard)  # a bad shard index fails before any lock file is made
+            with _file_lock(config_dir(spec, root) / stage / f".shard-{int(shard):05d}.lock"):
+                return fn(spec, shard, root, *args, **kw)
+        return wrapper
+    return deco
+
+
 def _claim_stage_dir(spec: DatasetSpec, stage: str, fingerprint: str, root) -> Path:
-    """Create ``<config_dir>/<stage>`` with its fingerprint, or check the fingerprint of an existing one."""
+    """Create ``<config_dir>/<stage>`` with its fingerprint, or check the fingerprint of an existing one
+    (under the stage folder's lock, so two writers never claim it with different fingerprints at once)."""
+    with _file_lock(config_dir(spec, root) / f".{stage}.lock"):
+        return _claim_stage_dir_locked(spec, stage, fingerprint, root)
+
+
+def _claim_stage_dir_locked(spec: DatasetSpec, stage: str, fingerprint: str, root) -> Path:
     d = config_dir(spec, root) / stage
     f = d / "_fingerprint.json"
     payload = {"stage": stage, "fingerprint": fingerprint, "dataset": spec.name, "version": spec.version,
@@ -195,6 +228,7 @@ def read_structure_specs(spec: DatasetSpec, root=None) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
+@_one_writer("structures")
 def build_structures_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False) -> dict:
     """Build the atoms of every structure of ``shard`` into ``structures/<structure_id>.extxyz``.
 
@@ -237,6 +271,7 @@ def read_structure(spec: DatasetSpec, index: int, root=None):
 # --------------------------------------------------------------------------------------------------
 
 
+@_one_writer("waves")
 def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None = None,
                    device: str | None = None, *, force: bool = False) -> dict:
     """Multislice exit waves of every structure of ``shard`` into ``waves/<structure_id>.npz``.
@@ -368,6 +403,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@_one_writer("images")
 def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False) -> dict:
     """Images and labels of every structure of ``shard`` into ``images/shard-NNNNN.npz`` (one file).
 
@@ -718,6 +754,10 @@ def publish_model(spec: DatasetSpec, root=None, dest: str | Path | None = None, 
     with atomic_dir(dest) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".*", "*.tmp", "checkpoints"))
+        if dest.is_dir():  # files a user put next to the model survive the atomic replacement
+            for extra in dest.iterdir():
+                if not (tmp / extra.name).exists():
+                    (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, tmp / extra.name)
         ev = config_dir(spec, root) / "evaluation.json"
         if ev.exists():  # the card then reports the held-out metrics, not the validation ones
             from models.hub import card_with_evaluation

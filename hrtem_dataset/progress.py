@@ -60,7 +60,12 @@ def display() -> Iterator[None]:
     _state["progress"] = prog
     try:
         with prog:
-            yield
+            try:
+                yield
+            except BaseException:
+                prog.live.transient = True  # on an error the display leaves no rows (one `error:` line)
+                prog.console.quiet = True
+                raise
     finally:
         _state["progress"] = None
 
@@ -146,5 +151,8 @@ def stage(description: str, log: bool = True) -> Iterator[Bar]:
     b = Bar(None, description, disable=not enabled(), transient=True, log=log)
     try:
         yield b
+    except BaseException:
+        b._log = False  # a stage that failed is not "done": the error line is the only output
+        raise
     finally:
         b.close()

@@ -6,7 +6,8 @@ unknown key, bad numbers on numeric flags, bad input files (empty, binary garbag
 absent) and bad output targets (an existing file, a folder holding other files, a path inside a file, an
 unwritable folder). For each case the contract of the README is asserted:
 
-- exit code 2 and exactly one stderr line, starting with ``error: `` and naming the field, flag or file;
+- exit code 2 and exactly one stderr line starting with ``error: ``, the last one, naming the field, flag or
+  file (the only other stderr lines allowed are progress notes of stages that finished before it);
 - no traceback (an exception escaping :func:`hrtem_dataset.cli.main` fails the test with it);
 - nothing created and nothing existing changed: the case folder, the shared fixtures and the working
   directory are snapshotted (paths, bytes, mtimes) before and after.
@@ -178,14 +179,17 @@ def expect_refused(argv: list, names: list, roots: list[Path]) -> str:
     lines = stderr.strip().splitlines()
     assert rc == 2, f"hrtem {' '.join(argv)}: exit code {rc}, stderr {stderr[-1500:]!r}"
     assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"hrtem {' '.join(argv)}: stderr {stderr!r}"
+    # exactly one `error:` line, the last one (progress notes of stages that finished may come before it)
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], f"hrtem {' '.join(argv)}: stderr {stderr!r}"
+    assert not any("error" in ln.lower() for ln in lines[:-1]), f"hrtem {' '.join(argv)}: stderr {stderr!r}"
+    line = errors[0]
     for name in names:  # a tuple: any one of them
         alternatives = name if isinstance(name, tuple) else (name,)
-        assert any(str(a) in lines[0] for a in alternatives), \
-            f"hrtem {' '.join(argv)}: {name!r} not named in {lines[0]!r}"
+        assert any(str(a) in line for a in alternatives), f"hrtem {' '.join(argv)}: {name!r} not named in {line!r}"
     after = snapshot(*roots)
     assert before == after, f"hrtem {' '.join(argv)}: {_diff(before, after)}"
-    return lines[0]
+    return line
 
 
 # --------------------------------------------------------------------------------------------------

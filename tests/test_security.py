@@ -42,11 +42,14 @@ def run_cli(argv: list) -> tuple[int, str, str]:
 
 
 def one_error_line(stderr: str, *must_contain) -> str:
+    """Exactly one ``error:`` line, the last on stderr (progress notes of finished stages may precede it)."""
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert "Traceback" not in stderr, stderr
     for s in must_contain:
-        assert str(s) in lines[0], (s, lines[0])
-    return lines[0]
+        assert str(s) in errors[0], (s, errors[0])
+    return errors[0]
 
 
 class _Payload:
@@ -374,3 +377,91 @@ def test_train_rejects_out_of_range_numbers_before_writing(dataset_dir, tmp_path
     assert rc == 2 and out == ""
     one_error_line(err, flag)
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Workspace stage folders, DIR/model and DIR/.dagster
+# --------------------------------------------------------------------------------------------------
+
+
+def _demo_spec():
+    from hrtem_dataset.specs import DatasetSpec, load_spec
+
+    return load_spec(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", DatasetSpec)
+
+
+def test_stage_shard_lock_makes_a_second_writer_wait(tmp_path):
+    """While another process holds the lock of shard 0 of the structures stage folder, building that shard
+    waits; once the lock is free it builds (or reuses) the files."""
+    import time
+
+    from hrtem_dataset import pipeline as pl
+
+    spec, root = _demo_spec(), tmp_path / "ws"
+    lock = pl.config_dir(spec, root) / "structures" / ".shard-00000.lock"
+    hold = 4.0
+    holder = subprocess.Popen([sys.executable, "-c", "import os, time; from filelock import FileLock; "
+                               f"os.makedirs({str(lock.parent)!r}, exist_ok=True); l = FileLock({str(lock)!r}); "
+                               f"l.acquire(); print('held', flush=True); time.sleep({hold})"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        stats = pl.build_structures_shard(spec, 0, root)
+        waited = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited >= hold - 1.0, waited
+    assert stats["computed"] + stats["reused"] == stats["structures"] == len(pl._shard_of(spec, 0))
+    assert all(pl.structure_path(spec, i, root).is_file() for i in pl._shard_of(spec, 0))
+
+
+def test_publish_model_keeps_a_users_file_in_dir_model(tmp_path):
+    from hrtem_dataset import pipeline as pl
+
+    spec, root = _demo_spec(), tmp_path / "ws"
+    model = pl.config_dir(spec, root) / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"x": 1}\n')
+    (model / "model.safetensors").write_bytes(b"weights")
+    dest = tmp_path / "out" / "model"
+    dest.mkdir(parents=True)
+    (dest / "my-notes.txt").write_text("mine\n")
+    (dest / "config.json").write_text("old\n")
+    pl.publish_model(spec, root, dest)
+    assert (dest / "my-notes.txt").read_text() == "mine\n"
+    assert (dest / "config.json").read_text() == '{"x": 1}\n' and (dest / "model.safetensors").read_bytes() == b"weights"
+
+
+def _stale_workspace(spec, root: Path) -> None:
+    """A workspace whose structures stage folder was built from another spec: the structures run raises
+    InputError after the config has loaded and the instance exists."""
+    from hrtem_dataset import pipeline as pl
+
+    d = pl.config_dir(spec, root) / "structures"
+    d.mkdir(parents=True)
+    (d / "_fingerprint.json").write_text('{"fingerprint": "another-spec"}\n')
+    (d / "old.extxyz").write_text("x\n")
+
+
+def test_materialize_user_error_after_config_loads_leaves_no_dagster_home(tmp_path):
+    spec = _demo_spec()
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    ws = tmp_path / "ws"
+    _stale_workspace(spec, ws)
+    # a new output folder: nothing at all is left
+    out = tmp_path / "new-out"
+    rc, _, err = run_cli(["materialize", config, "--out", out, "--workspace", ws])
+    assert rc == 2
+    assert "built from a different spec" in err.strip().splitlines()[-1]
+    assert not out.exists()
+    # an existing output folder with the user's files: they stay as they were, no .dagster appears
+    out2 = tmp_path / "existing"
+    out2.mkdir()
+    (out2 / "notes.txt").write_text("mine\n")
+    rc, _, err = run_cli(["materialize", config, "--out", out2, "--workspace", ws])
+    assert rc == 2
+    assert not (out2 / ".dagster").exists()
+    assert (out2 / "notes.txt").read_text() == "mine\n"
+    assert {p.name for p in out2.iterdir()} <= {"notes.txt", ".hrtem-materialize.lock"}

@@ -82,7 +82,7 @@ class StudySpec(Strict):
     version: SemVer = "0.1.0"
     description: str = ""
     license: str = Field("cc-by-4.0", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
-    seed: int = Field(0, ge=0, description="root of the training seeds (derive_seed(seed, 'train', i))")
+    seed: int = Field(0, ge=0, lt=2**63, description="root of the training seeds (derive_seed(seed, 'train', i))")
     base: str = Field(description="dataset YAML, relative to the study file or the repository")
     variants: dict[str, dict[str, Any]] | None = None
     quantity: list[int] | None = Field(None, description="training-set sizes in structures (nested subsets)")
