@@ -5,7 +5,7 @@
   labelled micrographs; transfer learning with a frozen encoder or decoder.
 - :func:`evaluate` — IoU, F1, precision, recall and per-particle detection.
 - :func:`save_pretrained` / :func:`from_pretrained` / :func:`push_to_hub` — Hub model folders.
-- :func:`segment` — masks and per-particle tables for dm3/dm4/mrc/tif/png micrographs.
+- :func:`segment` — masks and per-particle tables for dm3/dm4/emd/ser/mrc/tif/png micrographs.
 - :func:`train_from_spec` / :func:`evaluate_model` — hooks for the Dagster assets.
 
 Heavy libraries (torch, smp, datasets) are imported lazily by the functions that need them.

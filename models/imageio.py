@@ -1,9 +1,13 @@
-"""Reading micrographs (dm3, dm4, mrc, tif, png, ...) with their pixel-size calibration, writing masks.
+"""Reading micrographs (dm3, dm4, emd, ser, mrc, tif, png, ...) with their pixel-size calibration, writing masks.
 
-- DigitalMicrograph ``.dm3``/``.dm4`` and ``.mrc`` are read with rosettasciio (``rsciio``); the
-  calibration is the scale/units of the signal axes (rsciio reports MRC voxel sizes in nm).
+- Every rosettasciio (``rsciio``) format that holds a calibrated 2-D image (:data:`RSCIIO_READERS`):
+  DigitalMicrograph ``.dm3``/``.dm4``, EMD ``.emd`` (Thermo Fisher Velox and NCEM/Berkeley), FEI/Thermo TIA
+  ``.ser`` (and ``.emi``), ``.mrc``, HyperSpy ``.hspy``, Semper ``.unf``, Ripple ``.rpl`` (+ ``.raw``)
+  and Phenom ``.elid`` (Digital Surf ``.sur`` is left out: its images do not round-trip pixel for pixel). The calibration is the scale/units of the signal
+  axes (rsciio reports MRC voxel sizes in nm); the first 2-D image in the file is used.
 - TIFF is read with tifffile; the pixel size comes from ImageJ metadata (``unit`` + XResolution) or a
-  centimetre ResolutionUnit when it is microscopic.
+  centimetre ResolutionUnit when it is microscopic, else from the instrument metadata rsciio reads
+  (FEI/Thermo ``FEI_HELIOS``/``FEI_SFEG`` tags with ``[Scan] PixelWidth`` in m, Zeiss, Olympus, ...).
 - PNG/JPEG/BMP are read with Pillow (no calibration; colour images are converted to luminance).
 
 Pixel sizes are returned in Å (nm × 10, µm × 10⁴, pm ÷ 100). Arrays are returned as float32 in the file's
@@ -22,7 +26,12 @@ import numpy as np
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path
 
-EM_SUFFIXES = (".dm3", ".dm4", ".mrc")
+RSCIIO_READERS = {
+    ".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd", ".ser": "tia", ".emi": "tia",
+    ".mrc": "mrc", ".hspy": "hspy", ".unf": "semper", ".rpl": "ripple", ".elid": "phenom",
+}
+"""File suffix -> rosettasciio module (``rsciio.<module>.file_reader``) for the formats with 2-D images."""
+EM_SUFFIXES = tuple(RSCIIO_READERS)
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_SUFFIXES = EM_SUFFIXES + TIFF_SUFFIXES + PIL_SUFFIXES + (".npy",)
@@ -64,12 +73,11 @@ def _as_2d(data, path: Path) -> np.ndarray:
     return a
 
 
-def _read_rsciio(path: Path) -> tuple[np.ndarray, float | None]:
-    suffix = path.suffix.lower()
-    if suffix in (".dm3", ".dm4"):
-        from rsciio.digitalmicrograph import file_reader
-    else:
-        from rsciio.mrc import file_reader
+def _read_rsciio(path: Path, module: str | None = None) -> tuple[np.ndarray, float | None]:
+    import importlib
+
+    module = module or RSCIIO_READERS[path.suffix.lower()]
+    file_reader = importlib.import_module(f"rsciio.{module}").file_reader
     signals = file_reader(str(path))
     # Pick the first signal that is an image (two signal axes, or a squeezable 2-D array).
     chosen = None
@@ -110,6 +118,15 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
                     unit_tag = page.tags.get("ResolutionUnit")
                     if unit_tag is not None and int(unit_tag.value) == 3 and per_pixel < 1e-3:  # centimetre
                         px = to_angstrom(per_pixel, "cm")
+        instrument = bool(set(tf.flags) & {"fei", "sem", "olympus", "sis"}) or any(
+            t in page.tags for t in ("FEI_HELIOS", "FEI_SFEG", "CZ_SEM"))
+    if px is None and instrument:  # FEI/Thermo, Zeiss, Olympus metadata: rosettasciio's TIFF reader
+        try:
+            _, px = _read_rsciio(path, "tiff")
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001 - metadata we cannot parse: the image without calibration
+            px = None
     return data, px
 
 
@@ -125,7 +142,8 @@ def _read_pil(path: Path) -> np.ndarray:
 def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     """Read a micrograph: returns (image float32 (rows, cols), pixel size in Å or None).
 
-    Supported: .dm3 .dm4 .mrc (rosettasciio), .tif/.tiff (tifffile), .png .jpg .bmp (Pillow), .npy.
+    Supported: .dm3 .dm4 .emd .ser .emi .mrc .hspy .unf .rpl .elid (rosettasciio), .tif/.tiff
+    (tifffile; FEI/Thermo, Zeiss, Olympus calibration through rosettasciio), .png .jpg .bmp (Pillow), .npy.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """Inference on micrographs: rescaling to the model's pixel size, overlapping tiles, masks and particle tables.
 
-``segment("image.dm4", model)`` reads the micrograph (dm3/dm4/mrc/tif/png, :mod:`models.imageio`), takes
+``segment("image.dm4", model)`` reads the micrograph (dm3/dm4/emd/ser/mrc/tif/png, :mod:`models.imageio`), takes
 its pixel size from ``pixel_size`` or the file's calibration, resamples it to the pixel size the model was
 trained at (``model.hrtem_config.pixel_size``), standardises it (zero mean, unit std over the whole image),
 predicts class probabilities on overlapping tiles blended with a linear-ramp window (no seams), resamples
@@ -147,7 +147,7 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
             device: str | None = None) -> dict:
     """Segment a micrograph; optionally write the mask PNG and the per-particle CSV (both or neither).
 
-    ``image``: a path (dm3, dm4, mrc, tif, png, npy) or a 2-D array; ``model``: a model, a local folder or a
+    ``image``: a path (dm3, dm4, emd, ser, mrc, tif, png, npy, ...) or a 2-D array; ``model``: a model, a local folder or a
     Hub id (:func:`models.hub.from_pretrained`). ``pixel_size`` (Å) overrides the file's calibration;
     without either, the model's pixel size is assumed (a warning is printed). The mask PNG holds class
     indices (0 background, 1 particle; black/white palette); the CSV has one row per connected particle

@@ -98,7 +98,7 @@ def evaluate_cmd(
 
 
 def segment_cmd(
-    image: Path = typer.Argument(..., help="Micrograph (dm3, dm4, mrc, tif, png), or a folder of them."),
+    image: Path = typer.Argument(..., help="Micrograph (dm3, dm4, emd, ser, mrc, tif incl. FEI/Thermo, png, ...; see models.imageio), or a folder of them."),
     model: str = typer.Option(..., "--model", help="Model folder or Hub model id."),
     out: Path = typer.Option(..., "--out", help="Mask PNG (class indices 0/1; the CSV goes next to it); for a "
                              "folder: a new or empty output folder (NAME.png + NAME.csv + summary.csv)."),
