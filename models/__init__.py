@@ -9,6 +9,9 @@
 - :func:`train_from_spec` / :func:`evaluate_model` — hooks for the Dagster assets.
 
 Heavy libraries (torch, smp, datasets) are imported lazily by the functions that need them.
+
+Import it as ``hrtem_dataset.models`` (the same objects): a ``models/`` folder in the working directory
+cannot shadow that name.
 """
 
 from __future__ import annotations

@@ -343,3 +343,35 @@ def test_help_shows_engine_and_device_choices():
         assert "torch|abtem|prismatic" in r.stdout and "[auto|cpu|cuda]" in r.stdout, r.stdout
     r = subprocess.run([HRTEM, "segment", "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert "[auto|cpu|cuda|cuda:N]" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------------
+# 7. hrtem_dataset.models: not shadowed by a models/ folder in the working directory
+# ------------------------------------------------------------------------------------------------------
+
+def test_hrtem_dataset_models_works_next_to_an_unrelated_models_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("WHOSE = 'the user'\n")  # e.g. a Django app's models
+    (tmp_path / "models" / "user.py").write_text("class User: pass\n")
+    code = """
+import json, numpy as np
+from hrtem_dataset.models import build_model, from_pretrained, save_pretrained, segment
+m = build_model("tu-resnet18", encoder_depth=2, decoder_channels=(16, 8), pixel_size=0.5)
+save_pretrained(m, "model")
+model = from_pretrained("model")
+np.save("img.npy", np.random.default_rng(0).random((64, 64)).astype(np.float32))
+res = segment("img.npy", model, pixel_size=0.5)
+print(json.dumps({"shape": list(res["mask"].shape), "px": model.hrtem_config.pixel_size}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"shape": [64, 64], "px": 0.5}
+    # the plain top-level name is the user's folder there: that is what the re-export avoids
+    r = subprocess.run([sys.executable, "-c", "from models import from_pretrained"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "cannot import name 'from_pretrained'" in r.stderr
+    import hrtem_dataset.models as hm
+    import models
+
+    assert hm.from_pretrained is models.from_pretrained and set(hm.__all__) == set(models.__all__)
