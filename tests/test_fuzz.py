@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CLI = ["--encoder", "tu-resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
-EXAMPLES = {"spec": 150, "yaml_file": 50, "flags": 120, "data_file": 100, "output": 60}
+EXAMPLES = {"spec": 150, "yaml_file": 50, "flags": 140, "data_file": 100, "output": 60}
 
 
 def fuzz_settings(name: str):
@@ -431,6 +431,11 @@ FLAGS = [  # (argv maker, flag, bad values)
     (_segment, "--overlap", ["-1", "abc", HUGE]),
     (_segment, "--device", ["bogus", "cuda:99"]),
     (_evaluate, "--device", ["bogus", "cuda:99"]),
+    (_evaluate, "--pixel-size", [*NAN_INF, "0", "-1", "abc"]),
+    (_train, "--user-pixel-size", [*NAN_INF, "0", "-1", "abc"]),
+    (_evaluate, "--split", ["bogus"]),
+    (_evaluate, "--config", ["bogus"]),
+    (_train, "--config", ["bogus"]),
     (_materialize, "--engine", ["bogus"]),
     (_materialize, "--device", ["bogus"]),
 ]

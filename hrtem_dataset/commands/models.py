@@ -11,6 +11,14 @@ from ..errors import InputError
 from .options import device_option, quiet_option
 
 
+def _check_pixel_size(value: float | None, flag: str) -> None:
+    """A pixel size given on the command line is a positive, finite number of Å (even where it is unused)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError(f"{flag}: must be a positive number of Å, got {value}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
@@ -58,6 +66,7 @@ def train_cmd(
             raise InputError(f"--decoder-channels: each must be in 1..4096, got {decoder_channels!r}")
     if dataset is None and user_data is None:
         raise InputError("--dataset or --user-data: training needs data")
+    _check_pixel_size(user_pixel_size, "--user-pixel-size")
     _progress.set_enabled(progress)
     res = train(dataset, out, config=config, user_data=user_data, user_pixel_size=user_pixel_size,
                 device=device, resume=resume, progress=progress, val_every=val_every, encoder=encoder, encoder_depth=encoder_depth,
@@ -87,6 +96,7 @@ def evaluate_cmd(
 
     progress.set_enabled(not quiet)
 
+    _check_pixel_size(pixel_size, "--pixel-size")
     if record and not (Path(model).is_dir() and _is_user_folder(Path(dataset))):
         raise InputError("--record: needs a local model folder and a folder of labelled micrographs")
     res = evaluate(model, dataset, config, split, pixel_size=pixel_size, device=device)
