@@ -62,6 +62,9 @@ def display() -> Iterator[None]:
         with prog:
             try:
                 yield
+                if not prog.tasks:  # only stage rows, all done: no empty frame (a blank line) left behind
+                    prog.live.transient = True
+                    prog.console.quiet = True
             except BaseException:
                 prog.live.transient = True  # on an error the display leaves no rows (one `error:` line)
                 prog.console.quiet = True
