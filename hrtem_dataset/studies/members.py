@@ -55,7 +55,10 @@ def _train(out: Path, fp: str, *, device=None, **kw) -> dict:
         shutil.rmtree(out)  # a model (or an interrupted training) of another spec: start over
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pending, fp + "\n")  # an interrupted training of this spec resumes from its checkpoint
-    res = train(out_dir=out, progress=False, device=None if device in (None, "auto") else device, **kw)
+    # Validate once, after the last epoch: small quantity variants have one-batch epochs, and validating
+    # after each of them cost more than the training itself.
+    res = train(out_dir=out, progress=False, device=None if device in (None, "auto") else device,
+                val_every=1 << 30, **kw)
     metrics = {k: v for k, v in res["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)}
     atomic_write_text(out / ".study-metrics.json", json.dumps(_clean(metrics), sort_keys=True) + "\n")
     atomic_write_text(f, fp + "\n")
