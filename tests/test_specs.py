@@ -186,3 +186,16 @@ def test_publish_revision_tag_is_a_plain_name(tmp_path):
     for tag in ("../../x", "a/b", ".hidden", ""):
         with pytest.raises(InputError, match="--revision"):
             publish(tmp_path, "org/name", revision=tag, dry_run=True)
+
+
+def test_pixel_size_finer_than_the_sampling_is_rejected():
+    """Images are Fourier-cropped from the exit waves, never interpolated up: an output (or detector) pixel
+    finer than the simulation sampling is refused with one line naming both fields; equal is fine."""
+    base = {"name": "x", "simulation": {"sampling": 0.2}}
+    msg = _one_line_error({**base, "imaging": {"pixel_size": 0.1}}, DatasetSpec)
+    assert "imaging.pixel_size (0.1 Å) is finer than simulation.sampling (0.2 Å)" in msg
+    msg = _one_line_error({**base, "imaging": {"pixel_size": 0.4, "recorded_pixel_size": {"values": [0.15, 0.4]}}},
+                          DatasetSpec)
+    assert "imaging.recorded_pixel_size (0.15 Å) is finer than simulation.sampling (0.2 Å)" in msg
+    assert validate_spec({**base, "imaging": {"pixel_size": 0.2, "recorded_pixel_size": {"min": 0.2, "max": 0.5}}},
+                         DatasetSpec).imaging.pixel_size == 0.2
