@@ -100,6 +100,11 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
         raise InputError(f"{option} {p}: {probe} is not a directory")
     if not os.access(probe, os.W_OK):
         raise InputError(f"{option} {p}: {probe} is not writable")
+    try:  # os.access is always true for root: create (and delete) a file to be sure
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {p}: {probe} is not writable ({exc.strerror or exc})") from None
     return p
 
 

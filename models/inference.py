@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hrtem_dataset.errors import InputError
-from hrtem_dataset.io import atomic_path
+from hrtem_dataset.io import atomic_path, check_output_file
 from hrtem_dataset.limits import check_memory
 
 from .build import size_multiple
@@ -164,6 +164,7 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
                 raise InputError(f"{flag} {path}: is a folder, not a {suffix} file")
             if path.suffix.lower() != suffix:
                 raise InputError(f"{flag} {path}: use a {suffix} name (other files are never overwritten)")
+            check_output_file(path, flag)  # inside a file, or an unwritable folder
     if isinstance(model, str | Path):
         from .hub import from_pretrained
 

@@ -682,14 +682,14 @@ OUTPUT_COMMANDS = {  # name: (argv maker given the output path, whether --out is
     "simulate": (lambda fx, o: ["simulate", fx / "scene.extxyz", "--out", o, "--sampling", "0.2"], False),
     "structures build": (lambda fx, o: ["structures", "build", fx / "scene.yaml", "--out", o], False),
     "structures build --prismatic": (lambda fx, o: ["structures", "build", fx / "scene.yaml", "--out",
-                                                    o.parent / "ok.extxyz", "--prismatic", o], False),
+                                                    fx.parent / "fuzz-ok.extxyz", "--prismatic", o], False),
     "structures sample": (lambda fx, o: ["structures", "sample", fx / "dist.yaml", "--n", "1", "--out", o], True),
     "train": (lambda fx, o: ["train", "--dataset", fx / "ds", "--out", o, "--steps", "1", "--batch-size", "2",
                              "--quiet", "--device", "cpu", *TINY_CLI], True),
     "segment": (lambda fx, o: ["segment", fx / "mic.png", "--model", fx / "model", "--out", o, "--pixel-size",
                                "0.2", "--device", "cpu"], False),
     "segment --csv": (lambda fx, o: ["segment", fx / "mic.png", "--model", fx / "model", "--out",
-                                     o.parent / "ok.png", "--csv", o, "--pixel-size", "0.2", "--device", "cpu"],
+                                     fx.parent / "fuzz-ok.png", "--csv", o, "--pixel-size", "0.2", "--device", "cpu"],
                       False),
     "materialize": (lambda fx, o: ["materialize", fx / "demo.yaml", "--out", o], True),
     "study run": (lambda fx, o: ["study", "run", fx / "study.yaml", "--out", o], True),
@@ -707,8 +707,6 @@ def _applies(command: str, is_dir: bool, kind: str) -> bool:
         return is_dir and command not in ("materialize", "study run")
     if kind == "non-csv-file":
         return command == "segment --csv"
-    if kind == "unwritable":  # root ignores permission bits: not testable with chmod
-        return not IS_ROOT
     return True
 
 
@@ -739,12 +737,15 @@ def test_bad_output_target(fx, data):
         elif kind == "inside-a-file":
             (w / "afile").write_text("x\n")
             o = w / "afile" / name
-        else:  # unwritable
+        elif not IS_ROOT:  # unwritable
             ro = w / "ro"
             ro.mkdir()
             o = ro / name
             ro.chmod(0o555)
-        expect_refused(argv_of(fx, o), [o.name if kind != "inside-a-file" else "afile"], [w, fx])
+        else:  # root ignores permission bits; nobody can create files in /sys
+            o = Path("/sys") / name
+        expect_refused(argv_of(fx, o), [o.name if kind != "inside-a-file" else "afile"], [w, fx, fx.parent / "fuzz-ok.png",
+                                                                                    fx.parent / "fuzz-ok.extxyz"])
 
 
 def test_case_count():

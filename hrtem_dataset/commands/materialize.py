@@ -49,6 +49,9 @@ def materialize_command(
     load_spec(config, DatasetSpec)  # bad config: exit 2 with one line, before anything is written
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
+    from hrtem_dataset.io import check_output_file
+
+    check_output_file(out / ".dagster", "--out")  # inside a file or an unwritable folder: before any work
 
     from dagster_project.run import materialize_config
 

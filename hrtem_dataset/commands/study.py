@@ -31,6 +31,9 @@ def run_command(
     progress.set_enabled(not quiet)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
+    from hrtem_dataset.io import check_output_file
+
+    check_output_file(out / ".dagster", "--out")  # inside a file or an unwritable folder: before any work
     from dagster_project.study_run import run_study, validate_study
 
     from .materialize import run_graph
