@@ -51,7 +51,7 @@ def materialize_command(
         raise InputError(f"--out: {out} exists and is not a folder")
     from hrtem_dataset.io import check_output_file
 
-    check_output_file(out / ".dagster", "--out")  # inside a file or an unwritable folder: before any work
+    check_output_file(out / ".write-check", "--out")  # inside a file or unwritable (never created): before any work
 
     from dagster_project.run import materialize_config
 

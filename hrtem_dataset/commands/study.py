@@ -33,7 +33,7 @@ def run_command(
         raise InputError(f"--out: {out} exists and is not a folder")
     from hrtem_dataset.io import check_output_file
 
-    check_output_file(out / ".dagster", "--out")  # inside a file or an unwritable folder: before any work
+    check_output_file(out / ".write-check", "--out")  # inside a file or unwritable (never created): before any work
     from dagster_project.study_run import run_study, validate_study
 
     from .materialize import run_graph
