@@ -20,6 +20,16 @@ def derive_seed(root: int, *keys: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """``seed`` when it is a root seed the derivations accept (0 <= seed < 2^63), else :class:`InputError`
+    naming ``option``."""
+    from .errors import InputError
+
+    if not 0 <= int(seed) < 2**63:
+        raise InputError(f"{option}: must be in 0..2^63-1, got {seed}")
+    return int(seed)
+
+
 def rng(root: int, *keys: Any) -> np.random.Generator:
     """A numpy Generator seeded with :func:`derive_seed`."""
     return np.random.default_rng(derive_seed(root, *keys))

@@ -37,7 +37,7 @@ import numpy as np
 
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path, atomic_write_text
-from hrtem_dataset.seeding import derive_seed
+from hrtem_dataset.seeding import check_seed, derive_seed
 
 from .augment import AUGMENTATIONS
 from .build import (
@@ -99,8 +99,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')}: must be in 1..{top}, got {getattr(self, name)}")
         if self.steps is not None and not 1 <= self.steps <= 10**9:
             raise InputError(f"--steps: must be in 1..10^9, got {self.steps}")
-        if not 0 <= int(self.seed) < 2**63:
-            raise InputError(f"--seed: must be in 0..2^63-1, got {self.seed}")
+        check_seed(self.seed)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr: must be > 0, got {self.lr}")
         if not 0.0 < float(self.threshold) < 1.0:

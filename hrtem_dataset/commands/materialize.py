@@ -26,6 +26,17 @@ def run_graph(run, *args, **kw) -> dict:
         raise typer.Exit(1) from None
 
 
+def check_out_folder(out: Path) -> None:
+    """``--out`` of an in-process graph run: a folder (new or existing, a previous run's to resume) that can be
+    written; else :class:`InputError`, before Dagster is imported or anything is written."""
+    from hrtem_dataset.errors import InputError
+    from hrtem_dataset.io import check_output_file
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a folder")
+    check_output_file(out / ".write-check", "--out")  # inside a file or unwritable (the name is never created)
+
+
 def materialize_command(
     config: Path = typer.Argument(..., help="dataset configuration YAML (a DatasetSpec, e.g. configs/demo.yaml)"),
     out: Path = typer.Option(Path("build"), "--out", help="output folder: DIR/dataset, DIR/model"),
@@ -42,17 +53,11 @@ def materialize_command(
     a `model` section, DIR/model/ (a Hub model repo). Rerunning resumes: finished shards are skipped.
     """
     from hrtem_dataset import progress
-    from hrtem_dataset.errors import InputError
     from hrtem_dataset.specs import DatasetSpec, load_spec
 
     progress.set_enabled(not quiet)
     load_spec(config, DatasetSpec)  # bad config: exit 2 with one line, before anything is written
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out} exists and is not a folder")
-    from hrtem_dataset.io import check_output_file
-
-    check_output_file(out / ".write-check", "--out")  # inside a file or unwritable (never created): before any work
-
+    check_out_folder(out)
     from dagster_project.run import materialize_config
 
     summary = run_graph(materialize_config, config, out, workspace=workspace,

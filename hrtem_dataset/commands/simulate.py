@@ -83,22 +83,17 @@ def _simulate(scene: Path, out: Path, engine: str, energy: float, sampling: floa
 
     from ..errors import InputError, format_validation_error
     from ..io import atomic_path, check_output_file
+    from ..seeding import check_seed
     from ..simulation import simulate_scene
     from ..specs import SimulationSpec
 
-    if not 0 <= seed < 2**63:
-        raise InputError(f"--seed: must be in 0..2^63-1, got {seed}")
+    check_seed(seed)
     check_output_file(out)
     try:
         spec = SimulationSpec(engine=engine, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
                               parametrization=parametrization, phonons=phonons, device=device)
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, "simulate")) from None
-    if spec.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device: cuda requested but no CUDA device is available")
     from .. import progress
 
     with progress.stage(f"reading {scene.name}"):

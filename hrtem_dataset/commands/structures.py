@@ -7,20 +7,13 @@ from pathlib import Path
 
 import typer
 
+from ..seeding import check_seed
 from .options import quiet_option
 
 structures_app = typer.Typer(help="Build nanoparticle-on-carbon scenes (extxyz).", no_args_is_help=True)
 
 
 MAX_SCENES = 1_000_000  # scenes per `structures sample` (a typo like 2^70 must not run forever)
-
-
-def _check_seed(seed: int) -> int:
-    from ..errors import InputError
-
-    if not 0 <= seed < 2**63:
-        raise InputError(f"--seed: must be in 0..2^63-1, got {seed}")
-    return seed
 
 
 @structures_app.command("build")
@@ -40,7 +33,7 @@ def build_command(
     if prismatic is not None:
         check_output_file(prismatic, "--prismatic")
     spec = load_spec(spec_path, SceneSpec)
-    atoms = build_scene(spec, _check_seed(seed))
+    atoms = build_scene(spec, check_seed(seed))
     if prismatic is not None:  # both files or neither
         with atomic_path(out) as tmp_out, atomic_path(prismatic) as tmp_pr:
             write_extxyz(atoms, tmp_out)
@@ -75,7 +68,7 @@ def sample_command(
     if not 1 <= n <= MAX_SCENES:
         raise InputError(f"--n: must be in 1..{MAX_SCENES:,}, got {n}")
     check_output_dir(out, allowed=("manifest.jsonl", "scene-*.extxyz"))
-    _check_seed(seed)
+    check_seed(seed)
     from .. import progress
 
     progress.set_enabled(not quiet)

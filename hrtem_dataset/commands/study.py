@@ -26,17 +26,12 @@ def run_command(
     """Materialize the study's assets in process (resumable: finished datasets, models and evaluations are
     reused) and write DIR/study/: study.json, README.md (study card) and plots/*.png."""
     from hrtem_dataset import progress
-    from hrtem_dataset.errors import InputError
+
+    from .materialize import check_out_folder, run_graph
 
     progress.set_enabled(not quiet)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out} exists and is not a folder")
-    from hrtem_dataset.io import check_output_file
-
-    check_output_file(out / ".write-check", "--out")  # inside a file or unwritable (never created): before any work
+    check_out_folder(out)
     from dagster_project.study_run import run_study, validate_study
-
-    from .materialize import run_graph
 
     validate_study(spec)  # bad spec or k too large for the real folder: exit 2, nothing written
     summary = run_graph(run_study, spec, out, workspace=workspace, engine=engine.value if engine else None,
