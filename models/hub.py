@@ -302,6 +302,11 @@ def _write_card(d: Path, meta: dict, *, real: dict | None = None, repo_id: str |
         real=read_real_evaluations(d) if real is None else real, repo_id=repo_id))
 
 
+def write_smp_config(model_dir: str | Path, model) -> Path:
+    """Write segmentation-models-pytorch's ``config.json`` (:func:`smp_config`) atomically."""
+    return atomic_write_text(Path(model_dir) / CONFIG_NAME, json.dumps(smp_config(model), indent=2, sort_keys=True) + "\n")
+
+
 def write_metadata(model_dir: str | Path, meta: dict) -> Path:
     """Write ``hrtem.json`` atomically; an old-layout ``config.json`` (everything in it) is rewritten as
     smp's own config so the folder loads with ``segmentation_models_pytorch.from_pretrained``."""
@@ -311,7 +316,7 @@ def write_metadata(model_dir: str | Path, meta: dict) -> Path:
     out = atomic_write_text(d / METADATA_NAME, json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
     if isinstance(old, dict) and "model" in old and "_model_class" not in old:
         model = build_model(config=ModelConfig.from_dict(meta["model"]))
-        atomic_write_text(cfg_path, json.dumps(smp_config(model), indent=2, sort_keys=True) + "\n")
+        write_smp_config(d, model)
     return out
 
 
@@ -342,8 +347,8 @@ def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, 
         meta["version"] = version
     if model_name:
         meta["name"] = model_name
-    atomic_write_text(out / CONFIG_NAME, json.dumps(smp_config(model), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(out / METADATA_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_smp_config(out, model)
+    write_metadata(out, meta)
     _write_card(out, meta)
     return out
 
