@@ -112,22 +112,30 @@ def check_output_dir(path: str | os.PathLike, allowed: tuple[str, ...] = (), opt
     """Fail early when ``path`` is not a safe output directory to replace: the working directory or one
     of its parents, a file, or a non-empty directory holding anything but ``allowed`` glob patterns (a
     previous output of the same command)."""
-    import fnmatch
-
     from .errors import InputError
 
     p = Path(path)
     resolved, cwd = p.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise InputError(f"{option} {p}: refusing to replace the working directory or one of its parents")
+    return check_output_folder(p, allowed, option, "directory is not empty and was not made by this command")
+
+
+def check_output_folder(path: str | os.PathLike, allowed: tuple[str, ...], option: str = "--out",
+                        foreign_message: str = "folder holds files this command did not write") -> Path:
+    """Fail early when ``path`` is a file, a folder holding anything but ``allowed`` glob patterns (a
+    previous output of the same command), or cannot be written."""
+    import fnmatch
+
+    from .errors import InputError
+
+    p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{option} {p}: exists and is not a directory")
     if p.is_dir():
-        foreign = [c.name for c in p.iterdir()
-                   if not any(fnmatch.fnmatch(c.name, pat) for pat in allowed)]
+        foreign = sorted(c.name for c in p.iterdir() if not any(fnmatch.fnmatch(c.name, pat) for pat in allowed))
         if foreign:
-            raise InputError(f"{option} {p}: directory is not empty and was not made by this command "
-                             f"(e.g. {sorted(foreign)[0]!r}); choose a new folder")
+            raise InputError(f"{option} {p}: {foreign_message} (e.g. {foreign[0]!r}); choose a new folder")
     check_output_file(p / "x", option)
     return p
 

@@ -288,19 +288,10 @@ TRAIN_OUTPUTS = ("config.json", "model.safetensors", "hrtem.json", "README.md", 
 def check_train_out(out_dir: str | Path) -> Path:
     """``--out`` must be a new folder, an empty one or a previous training output (nothing else in it):
     refused up front, before any training, so that no unrelated file is overwritten."""
-    import fnmatch
+    from hrtem_dataset.io import check_output_file, check_output_folder
 
-    from hrtem_dataset.io import check_output_file
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, pat) for pat in TRAIN_OUTPUTS))
-        if foreign:
-            raise InputError(f"--out {out}: folder holds files that are not a model's (e.g. {foreign[0]!r}); "
-                             "use a new or empty folder")
-    check_output_file(out / "config.json", "--out")
+    out = check_output_folder(out_dir, TRAIN_OUTPUTS, "--out", "folder holds files that are not a model's")
+    check_output_file(out / "config.json", "--out")  # e.g. not a folder named config.json
     return out
 
 
