@@ -70,3 +70,108 @@ def isolated_hf_datasets_cache(tmp_path_factory):
         os.environ.pop("HF_DATASETS_CACHE", None)
     else:
         os.environ["HF_DATASETS_CACHE"] = old_env
+
+
+# ---- `dagster dev` + headless Debian Chromium (the UI tests) ------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1600,1000"]
+
+
+def chromium() -> str | None:
+    import os
+    import shutil
+
+    for cand in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def require_chromium() -> str:
+    path = chromium()
+    if path is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver); "
+                    "`make test` installs it when it can")
+    return path
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
+                                 data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())
+    assert "errors" not in out, out
+    return out["data"]
+
+
+def browser(url: str, tmp: Path, *extra: str, budget_ms: int = 20000):
+    """Headless Chromium on ``url`` (``--screenshot=PNG`` or ``--dump-dom`` in ``extra``)."""
+    import subprocess
+    import time
+
+    profile = tmp / f"chromium-profile-{time.monotonic_ns()}"
+    cmd = [require_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+           *extra, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
+
+
+def dagster_dev(tmp: Path, env: dict, timeout: float = 240.0):
+    """Context manager: ``dagster dev -m dagster_project`` on a free 127.0.0.1 port with ``env`` on top of
+    the environment and ``DAGSTER_HOME`` (created if missing) from ``env``; yields ``(port, log)`` once the
+    code location has loaded, and kills the whole process group on exit."""
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    @contextlib.contextmanager
+    def run():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        home = Path(env["DAGSTER_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        full = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1", **env}
+        log = tmp / f"dagster_dev-{port}.log"
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-m", "dagster_project",
+                                     "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=full, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            q = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+            t0 = time.time()
+            while True:
+                assert proc.poll() is None, f"dagster dev exited early:\n{log.read_text()[-3000:]}"
+                assert time.time() - t0 < timeout, f"code location did not load in {timeout} s:\n{log.read_text()[-3000:]}"
+                try:
+                    entries = graphql(port, q)["workspaceOrError"]["locationEntries"]
+                    if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                        break
+                except OSError:
+                    pass
+                time.sleep(1.0)
+            graphql(port, "mutation { setNuxSeen }")  # the first-visit community pop-up would cover the page
+            yield port, log
+        finally:  # dagster dev, its webserver, daemon and code servers share one process group
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+            proc.wait()
+
+    return run()

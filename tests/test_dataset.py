@@ -161,7 +161,10 @@ def test_exit_wave_configuration_round_trip(built, tmp_path):
     src = {r["sample_id"]: r for r in wrows["train"]}
     row = ds["train"][1]
     waves = row["waves_real"] + 1j * row["waves_imag"]
-    assert row["waves_real"].dtype == row["waves_imag"].dtype == np.float32  # complex64 stored as two float32
+    # complex64 stored as two float32 columns: the schema (numpy formatting hands float32 back even from a
+    # float64 column, so the row's dtype alone would not notice) and the values read back
+    assert feats["waves_real"].dtype == feats["waves_imag"].dtype == "float32"
+    assert row["waves_real"].dtype == row["waves_imag"].dtype == np.float32
     assert np.array_equal(waves.astype(np.complex64), src[row["sample_id"]]["waves"])
     assert np.array_equal(row["mask"], src[row["sample_id"]]["mask"].astype(np.uint8))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,23 @@ def test_exit_waves_configuration(tmp_path):
     waves = np.asarray(row["waves_real"]) + 1j * np.asarray(row["waves_imag"])
     np.testing.assert_allclose(waves, pl.load_waves(spec, 1, tmp_path)["scene"], atol=0)
     assert np.asarray(row["mask"]).shape == (112, 112) and row["structure_id"] == "tinyew-000001"
+
+    # training on the pipeline-built exit_waves folder images the waves on the fly with the imaging spec the
+    # folder records (specs/tinyew.yaml: ±50 Å defocus, 1000 e/Å²): the same run as passing that spec
+    # explicitly, and not the noise-free default a folder without the spec would give
+    from hrtem_dataset.specs import ImagingDistributionSpec, load_spec
+    from models import train
+
+    assert load_spec(Path(stats["path"]) / "specs" / "tinyew.yaml", DatasetSpec).imaging == spec.imaging
+    kw = dict(config="tinyew", encoder="tu-resnet18", encoder_depth=3, decoder_channels=(16, 8, 8), steps=3,
+              batch_size=2, image_size=64, lr=1e-3, seed=0, progress=False)
+
+    def losses(out, **extra):
+        return [h["train_loss"] for h in train(stats["path"], tmp_path / out, **kw, **extra)["history"]]
+
+    from_folder = losses("m-folder")
+    assert from_folder == losses("m-explicit", imaging=spec.imaging.model_copy(update={"pixel_size": 0.25}))
+    assert from_folder != losses("m-clean", imaging=ImagingDistributionSpec(pixel_size=0.25))
 
 
 def test_vacuum_region_is_periodic():

@@ -15,7 +15,15 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from dagster_helpers import REPO, isolated_hf_datasets_cache, tiny_spec_dict  # noqa: F401 (autouse fixture)
+from dagster_helpers import (
+    REPO,
+    browser,
+    dagster_dev,
+    graphql,
+    isolated_hf_datasets_cache,  # noqa: F401 (autouse fixture)
+    require_chromium,
+    tiny_spec_dict,
+)
 from PIL import Image
 
 from hrtem_dataset.cli import main
@@ -202,6 +210,40 @@ def test_study_dagster_graph_and_resume(tiny_study):
     after = json.loads((out / "study" / "study.json").read_text())
     assert after["matrix"] == before
     assert after["reuse"]["waves_simulated"] == 3  # cumulative ledger: nothing simulated again
+
+
+@pytest.mark.browser
+def test_study_group_in_dagster_ui(tiny_study):
+    """`dagster dev` on the study's own instance (DIR/.dagster) and spec, seen by headless Chromium: the
+    study's group page draws its five assets, the report's materialization carries the plots of
+    DIR/study/plots as inline markdown images, and the report's asset page shows that metadata."""
+    import base64
+    import re
+
+    from dagster_project.studies import STUDY_ASSETS
+
+    require_chromium()
+    out, tmp = tiny_study["out"], tiny_study["tmp"]
+    (tmp / "no-configs").mkdir(exist_ok=True)
+    env = {"DAGSTER_HOME": str(out / ".dagster"), "HRTEM_HOME": str(out / ".hrtem"),
+           "HRTEM_STUDIES": str(tiny_study["spec"]), "HRTEM_CONFIGS": str(tmp / "no-configs")}
+    with dagster_dev(tmp, env) as (port, _):
+        base = f"http://127.0.0.1:{port}"
+        dom = browser(f"{base}/locations/dagster_project/asset-groups/tinystudy", tmp, "--dump-dom").stdout
+        missing = [a for a in STUDY_ASSETS if a not in dom]
+        assert not missing, f"study assets missing from the rendered group graph: {missing}"
+        q = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { ... on Asset {
+                 assetMaterializations(limit: 1) { metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } } } } }"""
+        mats = graphql(port, q, {"key": {"path": ["tinystudy", "study_report"]}})["assetOrError"]["assetMaterializations"]
+        entries = {e["label"]: e for e in mats[0]["metadataEntries"]}
+        assert {"preview", "waves_simulated", "waves_reused", "plots", "study_json"} <= set(entries)
+        shown = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("L"))
+                 for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", entries["preview"]["mdStr"])]
+        files = [np.asarray(Image.open(p).convert("L")) for p in sorted((out / "study" / "plots").glob("*.png"))]
+        assert len(shown) == len(files) == 2
+        assert all(any(a.shape == b.shape and np.array_equal(a, b) for b in files) for a in shown)
+        page = browser(f"{base}/assets/tinystudy/study_report", tmp, "--dump-dom", budget_ms=30000).stdout
+        assert "study_report" in page and "waves_simulated" in page, page[-2000:]
 
 
 def test_study_definitions_group(tmp_path):
