@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize", "study"]
+_COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize", "study", "validate"]
 
 
 def _print_version(value: bool) -> None:

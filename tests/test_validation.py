@@ -1,0 +1,151 @@
+"""The validation report (`hrtem validate`, hrtem_dataset.validation): its numbers against the physics tests'
+values (Kirkland Fig. 5.12 of tests/test_simulation.py, Scherzer's first zero of tests/test_imaging.py),
+convergence that decreases with finer sampling / thinner slices / more phonon configurations, the report
+files and the command's input errors. Small scenes and the quick series: ~1–2 min on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from hrtem_dataset.simulation import simulate_exit_wave, wavelength
+from hrtem_dataset.validation import (
+    CTF_ZERO_TOLERANCE,
+    EXIT_WAVE_TOLERANCE,
+    KIRKLAND_FIG_5_12,
+    crop_window,
+    ctf_zeros,
+    kirkland_fig_5_12,
+    phonon_convergence,
+    read_report,
+    reference_scene,
+    sampling_convergence,
+    slice_convergence,
+    wave_error,
+)
+
+
+def small_scene(seed: int = 0) -> Atoms:
+    """12 × 12 Å: 6 Å of random carbon under a small Au cluster (2.5 Å radius), 20 Å thick."""
+    rng = np.random.default_rng(seed)
+    n_c = int(0.1003 * 12 * 12 * 6)
+    c = rng.uniform([0, 0, 2.0], [12, 12, 8.0], (n_c, 3))
+    au = bulk("Au", "fcc", a=4.078, cubic=True).repeat((3, 3, 3))
+    p = au.positions - au.positions.mean(0)
+    p = p[np.linalg.norm(p, axis=1) < 3.0] + [6.0, 6.0, 12.0]
+    atoms = Atoms(["C"] * n_c + ["Au"] * len(p), positions=np.vstack([c, p]), cell=[12, 12, 20], pbc=True)
+    atoms.set_array("particle_id", np.r_[-np.ones(n_c, int), np.zeros(len(p), int)].astype(np.int32))
+    return atoms
+
+
+def test_kirkland_values_are_the_physics_tests_values():
+    """The report's Kirkland Fig. 5.12 numbers are the ones tests/test_simulation.py asserts (0.72, 1.03)."""
+    k = kirkland_fig_5_12()
+    assert KIRKLAND_FIG_5_12 == {"min": 0.72, "max": 1.03}
+    assert k["rounded"] == {"min": 0.72, "max": 1.03} and k["passed"]
+    assert round(k["min"], 2) == 0.72 and round(k["max"], 2) == 1.03
+
+
+def test_ctf_zeros_match_scherzer_formula():
+    """Zeros of sin χ of the imaging module at Scherzer defocus = roots of χ = nπ; the first is the point
+    resolution (λ³Cs/6)^¼ = 2.26 Å at 200 kV, Cs = 1 mm (tests/test_imaging.py)."""
+    c = ctf_zeros(200e3, 1e7, 0.75)
+    assert c["passed"] and c["max_rel_error"] <= CTF_ZERO_TOLERANCE
+    assert len(c["numeric"]) == len(c["analytic"]) >= 10
+    analytic = (wavelength(200e3) ** 3 * 1e7 / 6) ** 0.25
+    assert c["point_resolution"] == pytest.approx(analytic) and round(analytic, 2) == 2.26
+    assert abs(c["first_zero_resolution"] - analytic) < 1e-3
+    assert c["defocus"] == pytest.approx(math.sqrt(1.5 * 1e7 * wavelength(200e3)))
+
+
+def test_wave_error_compares_inside_the_coarse_band():
+    atoms = small_scene()
+    cell = atoms.cell.lengths()
+    coarse = simulate_exit_wave(atoms, sampling=0.1)
+    from hrtem_dataset.simulation.prismatic_engine import fourier_resample
+
+    up = fourier_resample(coarse, (240, 240))  # the same band-limited wave on a finer grid
+    assert wave_error(coarse, up, cell, 1 / 0.3) < 1e-5
+    assert wave_error(coarse, simulate_exit_wave(atoms, sampling=0.1, slice_thickness=4.0), cell, 1 / 0.3) > 1e-3
+
+
+def test_convergence_decreases_with_sampling_and_slice_thickness():
+    """Exit-wave and image errors shrink monotonically as sampling and slices get finer; a carbon-only
+    (weak-phase) specimen converges much faster than one with Au."""
+    atoms = small_scene()
+    conv = sampling_convergence(atoms, samplings=(0.2, 0.1, 0.05))
+    rows = conv["rows"]
+    assert [r["sampling"] for r in rows] == [0.2, 0.1, 0.05] and conv["reference_sampling"] == 0.05
+    assert rows[0]["exit_wave"] > rows[1]["exit_wave"] > rows[2]["exit_wave"] == 0.0
+    assert rows[0]["image"] > rows[1]["image"] > rows[2]["image"] == 0.0
+    sl = slice_convergence(atoms, sampling=0.1, slices=(4.0, 2.0, 1.0))["rows"]
+    assert sl[0]["exit_wave"] > sl[1]["exit_wave"] > sl[2]["exit_wave"] == 0.0
+    carbon = atoms[atoms.arrays["particle_id"] < 0]
+    weak = sampling_convergence(carbon, samplings=(0.1, 0.05))["rows"][0]["exit_wave"]
+    assert weak < 0.5 * rows[1]["exit_wave"] and weak < EXIT_WAVE_TOLERANCE
+
+
+def test_phonon_average_converges_like_one_over_sqrt_n():
+    """The image of the mean over N of M = 16 configurations approaches the mean over all 16 as
+    sqrt(σ²·(1/N − 1/M)) (σ² from the 16 configurations themselves)."""
+    res = phonon_convergence(small_scene(), sampling=0.2, counts=(1, 2, 4, 8, 16), seed=3)
+    err = [r["image"] for r in res["rows"]]
+    assert err[0] > err[1] > err[2] > err[3] > err[4] == 0.0
+    for r in res["rows"][:4]:
+        assert abs(r["image"] - r["expected"]) < 0.25 * r["expected"], res["rows"]
+
+
+def test_crop_window_keeps_the_particle():
+    full = reference_scene()
+    win = crop_window(full, 24.0)
+    assert np.allclose(win.cell.lengths(), [24.0, 24.0, full.cell[2, 2]])
+    assert np.all((win.positions[:, :2] >= 0) & (win.positions[:, :2] < 24.0))
+    n_au = int(np.sum(full.arrays["particle_id"] == 0))
+    assert int(np.sum(win.arrays["particle_id"] == 0)) == n_au  # the whole r = 10 Å sphere is inside
+
+
+def test_cli_validate_scene_writes_the_report(tmp_path, capsys):
+    """`hrtem validate SCENE --quick --out DIR`: validation.json, README.md and plots; its textbook numbers
+    are the physics tests' values; bad input exits 2 and writes nothing."""
+    from hrtem_dataset.cli import main
+    from hrtem_dataset.structures import write_extxyz
+
+    write_extxyz(small_scene(), tmp_path / "scene.extxyz")
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "scene.extxyz"), "--out", str(out), "--quick", "-q"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["kind"] == "scene" and line["checks"]["kirkland_fig_5_12"] and line["checks"]["ctf_zeros"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "plots", "validation.json"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["convergence.png", "ctf.png", "phonons.png"]
+    assert (out / "plots" / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    payload = read_report(out)
+    assert payload["kirkland_fig_5_12"]["rounded"] == {"min": 0.72, "max": 1.03}
+    assert abs(payload["ctf_zeros"]["first_zero_resolution"] - 2.2644) < 1e-3
+    err = payload["settings_error"]["exit_wave"]
+    assert payload["checks"]["exit_wave_converged"] == {**payload["checks"]["exit_wave_converged"],
+                                                        "value": err, "passed": err <= 0.02, "tolerance": 0.02}
+    assert "torch" in payload["engine_comparison"]["scene.extxyz"]["engines"]
+    card = (out / "README.md").read_text()
+    assert "Kirkland" in card and "plots/convergence.png" in card and f"{100 * err:.2f} %" in card
+    # a rerun into the same folder replaces the report
+    assert main(["validate", str(tmp_path / "scene.extxyz"), "--out", str(out), "--quick", "-q"]) == 0
+    # bad input: one line, exit 2, nothing written
+    bad = tmp_path / "bad"
+    assert main(["validate", "--out", str(bad)]) == 2
+    assert main(["validate", "--reference", str(tmp_path / "scene.extxyz"), "--out", str(bad)]) == 2
+    assert main(["validate", str(tmp_path / "missing.extxyz"), "--out", str(bad)]) == 2
+    assert main(["validate", str(tmp_path / "scene.extxyz"), "--out", str(bad), "--tolerance", "2"]) == 2
+    assert main(["validate", str(tmp_path / "scene.extxyz"), "--out", str(bad), "--sampling", "-1"]) == 2
+    assert main(["validate", "--config", str(tmp_path / "nope.yaml"), "--out", str(bad)]) == 2
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "data.csv").write_text("x")
+    assert main(["validate", str(tmp_path / "scene.extxyz"), "--out", str(tmp_path / "foreign")]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert err_lines and all(e.startswith("error: ") for e in err_lines)
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
