@@ -443,7 +443,8 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
         # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
         zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
-                                             steps=tuple(spec.imaging.calibration_steps)))
+                                             steps=tuple(spec.imaging.calibration_steps),
+                                             search=spec.imaging.calibration_search))
                 if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
         calib_s += time.perf_counter() - t
         scene = dict(atoms.info.get("scene") or {})
@@ -663,6 +664,10 @@ def publish_dataset(spec: DatasetSpec, root=None, dest: str | Path | None = None
         if (src / rel).exists():
             with atomic_path(dest / rel) as tmp:
                 shutil.copyfile(src / rel, tmp)
+    report = config_dir(spec, root) / "validation"
+    if (report / "validation.json").is_file():  # the configuration's validation report, linked from the card
+        with atomic_dir(dest / "validation" / spec.config_name) as tmp:
+            shutil.copytree(report, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "*.tmp"))
     write_dataset_card(dest)
     _readable(dest)
     out = {"path": str(dest), "files": sum(1 for p in dest.rglob("*") if p.is_file() and not p.name.startswith(".")),

@@ -374,6 +374,10 @@ class ImagingDistributionSpec(Strict):
         default_factory=lambda: [1.0, 0.1], min_length=1, max_length=4,
         description="zero-defocus search steps, Å, coarse to fine (paper: 1 then 0.1; each ≤ 2 Å keeps the "
         "few-Å features of crystalline particles' contrast curves)")
+    calibration_search: Literal["grid", "fast"] = Field(
+        "grid", exclude_if=lambda v: v == "grid",  # the default leaves spec hashes (and fingerprints) as they were
+        description="zero-defocus search: 'grid' (the paper's: every step value on the full field) or 'fast' "
+        "(windows around the particles + golden-section refinement; the same minimum, fewer FFT pixels)")
 
     @model_validator(mode="after")
     def _physical(self) -> ImagingDistributionSpec:

@@ -25,7 +25,7 @@ def dagster_dev(tmp_path_factory):
     cfg = write_tiny_config(tmp / "configs", stem="uitiny", model=False, name="uitiny")
     env = {"DAGSTER_HOME": str(tmp / "dagster_home"), "HRTEM_HOME": str(tmp / "ws"), "HRTEM_CONFIGS": str(cfg),
            "HRTEM_PUBLISH_DIR": str(tmp / "published")}
-    with dagster_dev_server(tmp, env, timeout=150.0) as (port, log):
+    with dagster_dev_server(tmp, env) as (port, log):
         yield {"port": port, "tmp": tmp, "log": log, "config": cfg}
 
 

@@ -295,6 +295,58 @@ def test_zero_defocus_calibration_finds_known_minimum():
         calibrate_zero_defocus(exit_wave, 0.1, 300e3, search_range=(5.0, 5.0))
 
 
+def _two_particles_in_vacuum():
+    """Two Au fcc clusters (≈ 1 nm, one across the periodic x edge) alone in a 72 Å cell, and their
+    exit wave at 0.1 Å (torch engine, static lattice)."""
+    from ase import Atoms
+    from ase.cluster import FaceCenteredCubic
+
+    from hrtem_dataset.simulation import simulate_exit_wave
+
+    parts = []
+    for k, (x, y, z) in enumerate([(1.0, 16.0, 14.0), (38.0, 50.0, 16.0)]):
+        c = FaceCenteredCubic("Au", [(1, 0, 0), (1, 1, 0), (1, 1, 1)], [2, 3, 2], latticeconstant=4.08)
+        c.rotate(23.0 * (k + 1), "z", center="COP")
+        c.positions += np.array([x, y, z]) - c.positions.mean(axis=0)
+        parts.append((c.get_chemical_symbols(), c.positions, k))
+    atoms = Atoms(sum((p[0] for p in parts), []), positions=np.concatenate([p[1] for p in parts]),
+                  cell=[72.0, 72.0, 32.0], pbc=True)
+    atoms.set_array("particle_id", np.concatenate([np.full(len(p[0]), p[2]) for p in parts]))
+    atoms.wrap()
+    return atoms, simulate_exit_wave(atoms, sampling=0.1, slice_thickness=2.0)
+
+
+def test_fast_zero_defocus_search_matches_the_grid_search():
+    """`search="fast"` (particle windows + golden-section refinement) finds the grid search's minimum on a
+    simulated two-particle wave, one particle wrapped across the cell edge, for the paper's steps and
+    coarser ones; the windows are disjoint, hold every particle atom, and cost fewer pixels than the field."""
+    from hrtem_dataset.imaging.calibration import _window_contrast, particle_windows
+
+    atoms, wave = _two_particles_in_vacuum()
+    wins = particle_windows(atoms, wave.shape, 0.1)
+    assert wins is not None and len(wins) == 2
+    assert sum(r[1] * c[1] for r, c in wins) < 0.5 * wave.size
+    pid = atoms.arrays["particle_id"]
+    for k in (0, 1):  # each window contains its particle's atoms (periodic pixel coordinates)
+        px = np.floor(np.mod(atoms.positions[pid == k, :2], 72.0) / 0.1).astype(int)
+        assert any(all(((px[:, ax] - w[ax][0]) % 720 < w[ax][1]).all() for ax in (0, 1)) for w in wins), k
+    # the windows' summed squared deviation has the full field's minimum on a fine grid
+    grid = np.arange(0.0, 30.0, 0.5)
+    full = contrast_curve(wave, 0.1, 300e3, grid)
+    windowed = _window_contrast(wave, 0.1, 300e3, wins, "cpu")(grid)
+    assert np.argmin(windowed) == np.argmin(full)
+    for steps in ([1.0, 0.1], [2.0, 0.5]):
+        ref = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps)
+        fast = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps, search="fast")
+        assert abs(fast - ref) <= 0.5, (steps, ref, fast)
+    # without atoms the fast search refines on the full field, with the same answer
+    rng = (-5.0, 40.0)
+    assert abs(calibrate_zero_defocus(wave, 0.1, 300e3, search_range=rng, search="fast")
+               - calibrate_zero_defocus(wave, 0.1, 300e3, search_range=rng)) <= 0.5
+    with pytest.raises(InputError, match="search"):
+        calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="quick")
+
+
 # ---------------------------------------------------------------------------------------------- conditions
 
 

@@ -13,12 +13,27 @@ defaults to the particles' extent along the beam (:func:`defocus_search_range`) 
 given. Each stage is one batched torch computation (chunks of ``batch_size`` defocus values) on CPU or
 CUDA. Measured on a 2.5 nm Au sphere in [001] the curve has two near-equal minima 20 Å apart separated
 by a peak 8 Å wide, which a 10 Å first step misses — hence 1 Å.
+
+``search="fast"`` finds the same minimum with less work, without approximating the wave:
+
+- **particle windows**: the particles-in-vacuum wave is flat (|ψ| = 1) away from the particles, so only
+  windows around them (each particle's footprint + ``margin``, overlapping windows merged, FFT-friendly
+  sizes) are propagated, each with its own periodic FFT. Propagation is unitary, so the mean intensity of a
+  window does not change with defocus, and the summed squared deviation Σ_w Σ (I − Ī_w)² has the same
+  minimum as the full field's variance as long as the Fresnel fringes stay inside the windows (a 10 Å
+  margin covers the ±50 Å search range at 300 kV with room to spare). Band-limiting the wave instead is
+  not an option: the minimum-contrast plane is set by the high spatial frequencies (cutting a 0.1 Å wave
+  to |k| ≤ 2 Å⁻¹ moved it by up to 2.8 Å on the au-baseline-cpu structures, to 1 Å⁻¹ by up to 13 Å).
+- **golden-section refinement**: each stage after the first brackets the previous stage's best value by
+  ±its step and narrows the bracket by the golden ratio to the stage's step (≈ 7 evaluations instead of 21
+  for 1 Å → 0.1 Å), then takes the best grid value inside the final bracket.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -75,6 +90,136 @@ def contrast_curve(
     return torch.cat(out).cpu().numpy()
 
 
+def _periodic_interval(x: np.ndarray, length: float) -> tuple[float, float]:
+    """Shortest periodic interval (start, extent) covering coordinates ``x`` on a circle of ``length``."""
+    xs = np.sort(np.mod(np.asarray(x, dtype=np.float64), length))
+    gaps = np.diff(np.concatenate([xs, [xs[0] + length]]))
+    j = int(np.argmax(gaps))
+    return float(xs[(j + 1) % xs.size]), float(length - gaps[j])
+
+
+def _arcs_overlap(a: tuple[int, int], b: tuple[int, int], n: int) -> bool:
+    return (b[0] - a[0]) % n < a[1] or (a[0] - b[0]) % n < b[1]
+
+
+def _arc_union(a: tuple[int, int], b: tuple[int, int], n: int) -> tuple[int, int]:
+    """Shortest pixel arc (start, size) on a circle of ``n`` covering two overlapping arcs."""
+    from_a = (a[0], max(a[1], (b[0] - a[0]) % n + b[1]))
+    from_b = (b[0], max(b[1], (a[0] - b[0]) % n + a[1]))
+    start, size = min(from_a, from_b, key=lambda t: t[1])
+    return start, min(size, n)
+
+
+def particle_windows(atoms, shape: tuple[int, int], sampling: float | Sequence[float], margin: float = 10.0,
+                     max_fraction: float = 0.6) -> list[tuple[tuple[int, int], tuple[int, int]]] | None:
+    """Disjoint periodic pixel windows ``((row_start, rows), (col_start, cols))`` around the particles of
+    ``atoms`` (atoms with ``particle_id`` >= 0, grouped by it; each footprint + ``margin`` Å, grown to
+    FFT-friendly sizes, overlapping windows merged). ``None`` when the windows would cover more than
+    ``max_fraction`` of the field (the full field is then as cheap) or there are no particle atoms."""
+    from scipy.fft import next_fast_len
+
+    if atoms is None or "particle_id" not in atoms.arrays:
+        return None
+    pid = np.asarray(atoms.arrays["particle_id"])
+    pos = atoms.positions[pid >= 0]
+    pid = pid[pid >= 0]
+    if pos.size == 0:
+        return None
+    n = (int(shape[0]), int(shape[1]))
+    s = as_pair(sampling, "sampling")
+    cell = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
+    boxes = []
+    for p in np.unique(pid):
+        box = []
+        for ax in (0, 1):
+            start, extent = _periodic_interval(pos[pid == p, ax], cell[ax])
+            lo = int(math.floor((start - margin) / s[ax]))
+            size = min(n[ax], next_fast_len(int(math.ceil((extent + 2 * margin) / s[ax])) + 1))
+            box.append((lo % n[ax], size))
+        boxes.append(tuple(box))
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if _arcs_overlap(a[0], b[0], n[0]) and _arcs_overlap(a[1], b[1], n[1]):
+                    u = []
+                    for ax in (0, 1):
+                        start, size = _arc_union(a[ax], b[ax], n[ax])
+                        u.append((start, n[ax] if size >= n[ax] else min(n[ax], next_fast_len(size))))
+                    boxes[i] = tuple(u)
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    if sum(b[0][1] * b[1][1] for b in boxes) > max_fraction * n[0] * n[1]:
+        return None
+    return boxes
+
+
+def _window_contrast(waves, sampling, energy: float, windows, device) -> Callable[[np.ndarray], np.ndarray]:
+    """Σ_w Σ (I − Ī_w)² at each defocus of an array, over the windows (None: the full field)."""
+    dev = resolve_device(device)
+    w = phonon_stack(waves, dev, "particle_waves")
+    s = as_pair(sampling, "sampling")
+    lam = electron_wavelength(energy)
+    nx, ny = w.shape[-2:]
+    parts = []
+    for win in windows or [((0, nx), (0, ny))]:
+        rows = torch.arange(win[0][0], win[0][0] + win[0][1], device=dev) % nx
+        cols = torch.arange(win[1][0], win[1][0] + win[1][1], device=dev) % ny
+        sub = w.index_select(-2, rows).index_select(-1, cols)
+        alpha, _ = polar_grid(tuple(sub.shape[-2:]), s, lam, dev)
+        parts.append((torch.fft.fft2(sub), math.pi * lam * (alpha / lam) ** 2))
+
+    def evaluate(defoci: np.ndarray) -> np.ndarray:
+        d = np.asarray(defoci, dtype=np.float64).reshape(-1)
+        steps = np.diff(d)
+        uniform = d.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
+        total = torch.zeros(d.size, dtype=torch.float64, device=dev)
+        for spec, phase in parts:
+            def prop(dz: float, phase=phase) -> torch.Tensor:  # exp(-iχ), float64 phase, then complex64
+                return torch.polar(torch.ones_like(phase), phase * dz).to(torch.complex64)
+
+            if uniform:  # exact at the first value, then one complex multiply per further value
+                specs, step = [spec * prop(float(d[0]))], prop(float(steps[0]))
+                for _ in range(1, d.size):
+                    specs.append(specs[-1] * step)
+            else:
+                specs = [spec * prop(float(z)) for z in d]
+            psi = torch.fft.ifft2(torch.stack(specs))
+            inten = torch.view_as_real(psi).square().sum(dim=-1).mean(dim=1)
+            n = inten.shape[-2] * inten.shape[-1]
+            total += (inten.square().sum(dim=(-2, -1)).to(torch.float64)
+                      - inten.sum(dim=(-2, -1)).to(torch.float64) ** 2 / n)
+        return total.cpu().numpy()
+
+    return evaluate
+
+
+def _golden_section(f: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, step: float) -> float:
+    """Minimum of ``f`` on the grid ``lo + step·k`` in [lo, hi]: golden-section narrowing of the bracket to
+    ≤ 2 steps, then the best grid point inside it (a few evaluations instead of the whole grid)."""
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = (float(v) for v in f(np.array([c, d])))
+    while b - a > 2 * step:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = float(f(np.array([c]))[0])
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = float(f(np.array([d]))[0])
+    k = np.arange(math.ceil((a - lo) / step - 1e-9), math.floor((b - lo) / step + 1e-9) + 1)
+    grid = lo + step * k
+    return float(grid[np.argmin(f(grid))])
+
+
 def defocus_search_range(atoms, margin: float = 10.0) -> tuple[float, float]:
     """Defocus range [Å] spanning the particles' planes, measured from the exit plane at the bottom of
     the cell (z = cell height, as abTEM and the torch engine propagate through the whole cell):
@@ -97,6 +242,8 @@ def calibrate_zero_defocus(
     atoms=None,
     device: str | None = "cpu",
     batch_size: int = 16,
+    search: Literal["grid", "fast"] = "grid",
+    margin: float = 10.0,
 ) -> float:
     """Minimum-contrast defocus [Å] of the particles-in-vacuum exit wave (see module docstring).
 
@@ -107,6 +254,10 @@ def calibrate_zero_defocus(
     Returns the best defocus rounded to the last step (0.0 when the wave has no contrast at all, e.g. a
     particle-free scene). Raises :class:`InputError` for an empty range or
     non-positive steps.
+
+    ``search``: ``"grid"`` (the paper's protocol: every grid value of every stage on the full field) or
+    ``"fast"`` (particle windows of ``margin`` Å around the particles of ``atoms`` and golden-section
+    refinement; see the module docstring); tests hold it to the grid result within 0.5 Å.
     """
     if search_range is None:
         search_range = defocus_search_range(atoms) if atoms is not None else (-50.0, 250.0)
@@ -115,7 +266,21 @@ def calibrate_zero_defocus(
         raise InputError(f"search_range: need finite min < max, got {search_range}")
     if not steps or any(not (st > 0) for st in steps):
         raise InputError(f"steps: must be positive, got {steps}")
+    if search not in ("grid", "fast"):
+        raise InputError(f"search: expected 'grid' or 'fast', got {search!r}")
     grid = np.arange(lo, hi + 0.5 * steps[0], steps[0])
+    if search == "fast":
+        shape = tuple(np.asarray(particle_waves).shape[-2:]) if not isinstance(particle_waves, torch.Tensor) \
+            else tuple(particle_waves.shape[-2:])
+        f = _window_contrast(particle_waves, sampling, energy, particle_windows(atoms, shape, sampling, margin), device)
+        curve = np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)])
+        if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
+            return 0.0
+        best = float(grid[np.argmin(curve)])
+        for prev, step in zip(steps[:-1], steps[1:], strict=True):
+            best = _golden_section(f, best - prev, best + prev, step)
+        digits = max(0, -int(math.floor(math.log10(steps[-1]))))
+        return round(best, digits)
     curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
         return 0.0  # no contrast anywhere (e.g. a scene without particles): nothing to calibrate
