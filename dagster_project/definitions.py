@@ -34,6 +34,7 @@ from hrtem_dataset.errors import InputError
 from .assets import PARTITIONED, SIMULATION_POOL, DatasetConfigSource, build_config_assets, discover_configs
 from .resources import default_resources
 from .studies import build_study_assets, default_study_paths, discover_studies
+from .validation import build_validation_assets, validation_job
 
 EXECUTORS = ("multiprocess", "in_process", "dask")
 
@@ -96,7 +97,8 @@ def build_definitions(config_paths: Sequence[str | Path] | None = None, executor
     assets, jobs = [], []
     for src in sources:
         assets.extend(build_config_assets(src, simulation_pool=pool))
-        jobs.extend(group_jobs(src))
+        assets.extend(build_validation_assets(src))
+        jobs.extend([*group_jobs(src), validation_job(src)])
     if study_paths is None and (config_paths is None or os.environ.get("HRTEM_STUDIES")):
         study_paths = default_study_paths()
     groups = {src.group for src in sources}

@@ -149,3 +149,62 @@ def test_cli_validate_scene_writes_the_report(tmp_path, capsys):
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert err_lines and all(e.startswith("error: ") for e in err_lines)
     assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def _fake_dataset_folder(folder, cfg, config_name: str) -> None:
+    """The files a dataset card is rendered from (spec, summary, data folder) without building the data."""
+    import shutil
+
+    (folder / "specs").mkdir(parents=True)
+    (folder / "data" / config_name).mkdir(parents=True)
+    shutil.copyfile(cfg, folder / "specs" / f"{config_name}.yaml")
+    summary = {"features": {"image": {"dtype": "float32", "_type": "Value"}}, "shapes": {"image": [4, 4]},
+               "splits": {s: {"num_examples": 1, "num_bytes": 16, "num_structures": 1}
+                          for s in ("train", "validation", "test")}}
+    (folder / "specs" / f"{config_name}.json").write_text(json.dumps(summary))
+
+
+def test_dagster_validation_asset_blocking_check_and_card_link(tmp_path, monkeypatch):
+    """`<g>/validation_report` (quick series) on a tiny configuration's own scene: the blocking check
+    compares its exit-wave error with the tolerance from run config (default 2 %), the report lands in the workspace and in the published dataset folder, whose card links it
+    and states the numbers."""
+    import dagster as dg
+    from dagster_helpers import write_tiny_config
+
+    from dagster_project.definitions import build_definitions
+    from dagster_project.resources import PublishTarget, Workspace
+
+    cfg = write_tiny_config(tmp_path / "cfg", model=False, name="vt", stem="vt")
+    published = tmp_path / "pub"
+    _fake_dataset_folder(published / "dataset", cfg, "vt")
+    defs = build_definitions([cfg], executor="in_process", resources={
+        "workspace": Workspace(root=str(tmp_path / "ws")), "publish_target": PublishTarget(local_dir=str(published))})
+    key = dg.AssetKey(["vt", "validation_report"])
+    graph = defs.resolve_asset_graph()
+    assert key in graph.get_all_asset_keys()
+    check = next(c for c in graph.asset_check_keys if c.asset_key == key)
+    assert check.name == "exit_wave_converged" and graph.get_check_spec(check).blocking
+    job = defs.resolve_job_def("vt_validation")
+    op = "vt__validation_report"
+
+    def run(tolerance):
+        with dg.DagsterInstance.ephemeral() as instance:
+            res = job.execute_in_process(instance=instance, raise_on_error=False, run_config={
+                "ops": {op: {"config": {"quick": True, "tolerance": tolerance}}}})
+            (ev,) = res.get_asset_check_evaluations()
+            return ev
+
+    ev = run(0.02)
+    value = ev.metadata["value"].value
+    assert ev.passed == (value <= 0.02) and value > 1e-3 and ev.metadata["tolerance"].value == 0.02
+    assert ev.severity == dg.AssetCheckSeverity.ERROR
+    from hrtem_dataset.validation import read_report
+
+    payload = read_report(tmp_path / "ws" / "hrtem-tiny" / "0.0.1" / "vt" / "validation")
+    assert payload["settings"]["sampling"] == 0.2 and payload["settings_error"]["exit_wave"] == pytest.approx(value)
+    assert payload["kirkland_fig_5_12"]["rounded"] == KIRKLAND_FIG_5_12
+    assert run(value / 2).passed is False and run(min(0.99, 2 * value)).passed is True
+    card = (published / "dataset" / "README.md").read_text()
+    assert "## Simulation accuracy" in card and "validation/vt/README.md" in card
+    assert f"{100 * value:.2f} %" in card
+    assert (published / "dataset" / "validation" / "vt" / "validation.json").is_file()

@@ -261,8 +261,9 @@ def _default_config(configs) -> str:
     return names[0]
 
 
-def render_card(configs: list[tuple[DatasetSpec, dict]]) -> str:
-    """Full ``README.md`` text of a dataset folder holding ``configs``."""
+def render_card(configs: list[tuple[DatasetSpec, dict]], folder: str | Path | None = None) -> str:
+    """Full ``README.md`` text of a dataset folder holding ``configs`` (``folder``: where to look for the
+    simulation validation reports ``validation/<config>/``, linked from the card when present)."""
     if not configs:
         raise InputError("dataset card: the folder holds no written configuration (specs/<config>.yaml)")
     names = {(s.name, s.version) for s, _ in configs}
@@ -350,6 +351,12 @@ def render_card(configs: list[tuple[DatasetSpec, dict]]) -> str:
     ]
     for spec, _ in configs:
         body.append(_protocol_section(spec))
+    if folder is not None:
+        from ..validation.report import card_section
+
+        accuracy = [line for spec, _ in configs for line in card_section(folder, spec.config_name)]
+        if accuracy:
+            body += ["## Simulation accuracy", "", *accuracy]
     body += [
         "## Lineage",
         "",
@@ -398,6 +405,6 @@ def write_dataset_card(out_dir: str | Path, specs: list[DatasetSpec] | None = No
         if missing:
             raise InputError(f"{out_dir}: configuration {sorted(missing)[0]!r} has not been written")
         configs = [(s, summ) for s, summ in configs if s.config_name in wanted]
-    path = atomic_write_text(out_dir / "README.md", render_card(configs))
+    path = atomic_write_text(out_dir / "README.md", render_card(configs, out_dir))
     os.chmod(path, 0o644)  # atomic writes create owner-only temporaries
     return path

@@ -330,3 +330,60 @@ def read_report(folder: str | Path) -> dict:
     if not isinstance(payload, dict) or "settings_error" not in payload or "checks" not in payload:
         raise InputError(f"{path}: not a validation report")
     return payload
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def report_dir(spec, root=None) -> Path:
+    """Where a configuration's report lives in the workspace: ``<config_dir>/validation``."""
+    from ..pipeline import config_dir
+
+    return config_dir(spec, root) / "validation"
+
+
+def dataset_report_dir(dataset_folder: str | Path, config_name: str) -> Path:
+    """Where a dataset folder holds a configuration's report: ``validation/<config>/``."""
+    return Path(dataset_folder) / "validation" / config_name
+
+
+def attach_to_dataset(report: str | Path, dataset_folder: str | Path, config_name: str) -> bool:
+    """Copy a report folder into a dataset folder that holds ``config_name`` (``validation/<config>/``) and
+    rewrite its card, which then links the report and states its numbers. False when the dataset folder
+    does not hold that configuration (nothing is written)."""
+    import shutil
+
+    from ..dataset import write_dataset_card
+    from ..io import atomic_dir
+
+    report, dataset_folder = Path(report), Path(dataset_folder)
+    read_report(report)
+    if not (dataset_folder / "specs" / f"{config_name}.yaml").is_file():
+        return False
+    with atomic_dir(dataset_report_dir(dataset_folder, config_name)) as tmp:
+        shutil.copytree(report, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "*.tmp"))
+    write_dataset_card(dataset_folder)
+    return True
+
+
+def card_section(dataset_folder: str | Path, config_name: str) -> list[str]:
+    """Markdown lines for a dataset card: the accuracy of the configuration's simulation at its own settings
+    and a link to the report, when ``validation/<config>/validation.json`` is in the folder (else [])."""
+    folder = dataset_report_dir(dataset_folder, config_name)
+    try:
+        payload = read_report(folder)
+    except InputError:
+        return []
+    s = summary(payload)
+    rel = f"validation/{config_name}"
+    engines = ", ".join(f"{k.replace('_vs_', ' vs ')} {_pct(v)}" for k, v in s["engines"].items())
+    phon = (f" The image averaged over its {s['phonons']} frozen-phonon configurations is within "
+            f"{_pct(s['phonon_image_error'])} of the contrast of a {s['phonon_reference']}-configuration average."
+            if s["phonons"] and s["phonon_image_error"] is not None else "")
+    verdict = "within" if s["passed"] else "**outside**"
+    return [f"Simulation accuracy of `{config_name}` ([report]({rel}/README.md), [numbers]({rel}/validation.json)): "
+            f"at its sampling {s['sampling']:g} Å and {s['slice_thickness']:g} Å slices, the exit waves differ by "
+            f"{_pct(s['exit_wave_error'])} (relative L2) from the converged run ({s['converged_sampling']:g} Å, "
+            f"{s['converged_slice_thickness']:g} Å slices) and the images by {_pct(s['image_error'])} of their "
+            f"contrast, {verdict} the {_pct(s['tolerance'])} tolerance; engines on the same atoms: {engines}.{phon}",
+            ""]
