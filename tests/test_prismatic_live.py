@@ -91,3 +91,13 @@ def test_cli_simulate_with_prismatic_keeps_stdout_clean(tmp_path, capfd):
     with np.load(tmp_path / "w.npz") as data:
         assert "+hrtem" in str(data["settings"])
         np.testing.assert_allclose(np.abs(data["particles"]).mean(), np.abs(data["scene"][0]).mean(), rtol=1e-5)
+
+
+def test_no_parameter_file_in_home(tmp_path, monkeypatch):
+    """Prismatic's core writes prismatic_gui_params.txt to $HOME on every run: the engine points $HOME at its
+    temporary folder while Prismatic runs, and restores it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    simulate_exit_wave(au_cube(1), engine="prismatic", **KW)
+    import os
+
+    assert os.environ["HOME"] == str(tmp_path) and not list(tmp_path.iterdir())

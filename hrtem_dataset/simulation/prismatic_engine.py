@@ -261,6 +261,21 @@ def _write_xyz(atoms: Atoms, path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _home(path: str):
+    """$HOME set to ``path`` while Prismatic runs (it writes its parameter file there; with HOME unset its
+    C++ core would build a string from a null pointer)."""
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old
+
+
+@contextlib.contextmanager
 def _quiet_stdout():
     """Prismatic's C++ core prints its progress to file descriptor 1: send it to /dev/null so that the JSON
     lines of ``hrtem simulate`` on stdout stay clean."""
@@ -327,7 +342,7 @@ def exit_waves_prismatic(atoms: Atoms, configurations: np.ndarray, sampling: flo
             meta = pyprismatic.Metadata(filenameAtoms=str(xyz), filenameOutput=str(h5))
             for key, value in prismatic_settings(xyz, h5, cell, sampling, energy, slice_thickness, seed + i).items():
                 setattr(meta, key, value)
-            with _quiet_stdout():
+            with _quiet_stdout(), _home(tmp):  # its core writes $HOME/prismatic_gui_params.txt on every run
                 meta.go()
             waves, got = read_hrtem_output(h5)
             got = got or (cell[0] / waves.shape[-2], cell[1] / waves.shape[-1])

@@ -208,7 +208,7 @@ def render_card(payload: dict) -> str:
     lines += [f"| {r['slice_thickness']:g} | {_pct(r['exit_wave'])} | {_pct(r['image'])} |" for r in sl["rows"]]
     pc = payload["phonon_convergence"]
     lines += ["", f"## Frozen-phonon average (image of the mean over N vs over {pc['reference_phonons']})", "",
-              "| N | image | ∝ sqrt(1/N − 1/M) |", "|---|---|---|"]
+              "| N | image | expected sqrt(σ²(1/N − 1/M)) |", "|---|---|---|"]
     lines += [f"| {r['phonons']} | {_pct(r['image'])} | {_pct(r['expected'])} |" for r in pc["rows"]]
     k = payload["kirkland_fig_5_12"]
     c = payload["ctf_zeros"]
@@ -278,7 +278,7 @@ def plots(payload: dict) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(4.5, 3.4), dpi=90)
     rows = [r for r in payload["phonon_convergence"]["rows"] if r["image"] > 0]
     ax.loglog([r["phonons"] for r in rows], [r["image"] for r in rows], "o-", label="measured")
-    ax.loglog([r["phonons"] for r in rows], [max(r["expected"], 1e-9) for r in rows], "--", label="∝ sqrt(1/N − 1/M)")
+    ax.loglog([r["phonons"] for r in rows], [max(r["expected"], 1e-9) for r in rows], "--", label="expected sqrt(σ²(1/N − 1/M))")
     ax.set_xlabel("frozen-phonon configurations N")
     ax.set_ylabel("image error vs mean of M")
     ax.legend(fontsize=7)
