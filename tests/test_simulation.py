@@ -372,6 +372,29 @@ def test_prismatic_output_conversion(tmp_path):
         pe.read_hrtem_output(tmp_path / "empty.h5")
 
 
+def test_prismatic_hrtem_support_is_detected_by_feature(monkeypatch):
+    """HRTEM support = pyprismatic.Metadata carries the HRTEM fields, whatever the version says (the HRTEM
+    code base says 1.2.0 and has no __version__; PyPI's 1.1.16 has no HRTEM fields)."""
+    import sys
+    import types
+
+    def fake(fields, version=None):
+        mod = types.ModuleType("pyprismatic")
+        mod.Metadata = type("Metadata", (), {"fields": list(fields)})
+        if version is not None:
+            mod.__version__ = version
+        return mod
+
+    monkeypatch.setitem(sys.modules, "pyprismatic", fake(["algorithm", "E0"], "2.5.0"))
+    assert not pe.hrtem_support() and pe.prismatic_version() is None and not pe.available()
+    monkeypatch.setitem(sys.modules, "pyprismatic", fake(["algorithm", *pe.HRTEM_FIELDS], "1.2.0"))
+    assert pe.hrtem_support() and pe.prismatic_version() == "1.2.0+hrtem"
+    monkeypatch.setitem(sys.modules, "pyprismatic", None)  # not importable
+    assert not pe.hrtem_support() and not pe.available()
+    with pytest.raises(InputError, match="prismatic"):
+        simulate_exit_wave(Atoms("C", positions=[(1, 1, 1)], cell=[4, 4, 4], pbc=True), engine="prismatic")
+
+
 def test_cli_simulate(tmp_path):
     from hrtem_dataset.cli import main
     from hrtem_dataset.structures import write_extxyz
