@@ -208,3 +208,28 @@ def test_dagster_validation_asset_blocking_check_and_card_link(tmp_path, monkeyp
     assert "## Simulation accuracy" in card and "validation/vt/README.md" in card
     assert f"{100 * value:.2f} %" in card
     assert (published / "dataset" / "validation" / "vt" / "validation.json").is_file()
+
+
+def test_cli_validate_reference_quick(tmp_path, capsys):
+    """`hrtem validate --reference --quick`: the reference scenes and settings, the physics tests' numbers,
+    errors falling with finer sampling and slices, and (with abTEM) the README's torch–abTEM 2.93 %."""
+    from hrtem_dataset.cli import main
+
+    out = tmp_path / "ref"
+    assert main(["validate", "--reference", "--quick", "--out", str(out), "-q"]) == 0
+    p = read_report(out)
+    assert p["kind"] == "reference" and p["settings"] == {"energy": 300e3, "sampling": 0.1, "slice_thickness": 2.0,
+                                                          "parametrization": "lobato", "phonons": 0}
+    assert p["kirkland_fig_5_12"]["rounded"] == KIRKLAND_FIG_5_12 and p["checks"]["ctf_zeros"]["passed"]
+    assert abs(p["ctf_zeros"]["first_zero_resolution"] - 2.2644) < 1e-3
+    samp = [r["exit_wave"] for r in p["sampling_convergence"]["rows"]]
+    sl = [r["exit_wave"] for r in p["slice_convergence"]["rows"]]
+    assert samp == sorted(samp, reverse=True) and samp[-1] == 0.0 and len(samp) == 3
+    assert sl == sorted(sl, reverse=True) and sl[-1] == 0.0
+    comp = p["engine_comparison"]["a-C + Au"]
+    assert comp["n_atoms"] == 3438 and comp["gpts"] == [400, 400]
+    if "abtem" in comp["engines"]:
+        assert comp["rel_l2"]["torch_vs_abtem"] == pytest.approx(0.0293, abs=5e-4)
+    if "prismatic" in comp["engines"]:
+        assert p["checks"]["prismatic_vs_abtem_a-C + Au"]["passed"]
+        assert comp["rel_l2"]["torch_vs_prismatic"] == pytest.approx(0.0307, abs=5e-4)
