@@ -376,9 +376,13 @@ def card_section(dataset_folder: str | Path, config_name: str) -> list[str]:
         return []
     s = summary(payload)
     rel = f"validation/{config_name}"
-    engines = ", ".join(f"{k.replace('_vs_', ' vs ')} {_pct(v)}" for k, v in s["engines"].items())
-    phon = (f" The image averaged over its {s['phonons']} frozen-phonon configurations is within "
-            f"{_pct(s['phonon_image_error'])} of the contrast of a {s['phonon_reference']}-configuration average."
+    order = ["torch_vs_abtem", "torch_vs_prismatic", "abtem_vs_prismatic"]
+    pairs = sorted(s["engines"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    engines = ", ".join(f"{k.replace('_vs_', ' vs ')} {_pct(v)}" for k, v in pairs) or "torch only"
+    what = ("the image of its single frozen-phonon configuration differs" if s["phonons"] == 1 else
+            f"the image averaged over its {s['phonons']} frozen-phonon configurations differs")
+    phon = (f" Frozen phonons: {what} by {_pct(s['phonon_image_error'])} of the contrast from a "
+            f"{s['phonon_reference']}-configuration average."
             if s["phonons"] and s["phonon_image_error"] is not None else "")
     verdict = "within" if s["passed"] else "**outside**"
     return [f"Simulation accuracy of `{config_name}` ([report]({rel}/README.md), [numbers]({rel}/validation.json)): "
