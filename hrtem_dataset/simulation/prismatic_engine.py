@@ -29,7 +29,8 @@ for the other engines, and handed to Prismatic with zero thermal sigma):
    1–2 slices too far; with the 3-D potential, no band limit and wrapped face atoms it was 16 % off the
    torch engine on the validation scenes, now 3–4 %.) Its defocus C1 is +C10, ours is defocus = −C10 at
    the exit surface: :func:`prismatic_c1`. Finally the wave is Fourier-resampled onto our grid
-   (``gpts = ceil(cell / sampling)``) and band-limited to our antialias aperture (2/3 of our Nyquist frequency; Prismatic propagates a square band of 1/2 of its finer grid's Nyquist frequency).
+   (``gpts = ceil(cell / sampling)``) and band-limited to our antialias aperture (2/3 of our Nyquist
+   frequency; Prismatic propagates a square band of 1/2 of its finer grid's Nyquist frequency).
 
 Prismatic always uses Kirkland's parametrisation (a real-space projected potential cut at ``potBound``
 and placed at the nearest pixel of its potential grid, i.e. atoms move by up to sampling/4 per axis).
