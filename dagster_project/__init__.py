@@ -1,4 +1,4 @@
-"""Thin Dagster shell around :mod:`hrtem_dataset.pipeline`: ``dagster dev -m dagster_project``."""
+"""Thin Dagster shell around the stage objects (:mod:`hrtem_dataset.stages`, :mod:`models.stage`): ``dagster dev -m dagster_project``."""
 
 from .definitions import build_definitions, defs
 

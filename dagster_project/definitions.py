@@ -23,13 +23,13 @@ with dagster-dask the pool is left out (dagster-dask cannot ship runs that carry
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.settings import get_settings
 
 from .assets import PARTITIONED, SIMULATION_POOL, DatasetConfigSource, build_config_assets, discover_configs
 from .resources import default_resources
@@ -40,9 +40,9 @@ EXECUTORS = ("multiprocess", "in_process", "dask")
 
 
 def default_config_paths() -> list[Path]:
-    env = os.environ.get("HRTEM_CONFIGS")
+    env = get_settings().configs
     if env:
-        return [Path(p) for p in env.split(os.pathsep) if p]
+        return get_settings().paths(env)
     for cand in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
         if cand.is_dir():
             return [cand]
@@ -51,7 +51,7 @@ def default_config_paths() -> list[Path]:
 
 def executor_for(name: str | None = None) -> dg.ExecutorDefinition:
     """The executor named ``name`` (default ``$HRTEM_EXECUTOR`` or ``multiprocess``)."""
-    name = name or os.environ.get("HRTEM_EXECUTOR") or "multiprocess"
+    name = name or get_settings().executor
     if name == "multiprocess":
         return dg.multi_or_in_process_executor
     if name == "in_process":
@@ -59,10 +59,10 @@ def executor_for(name: str | None = None) -> dg.ExecutorDefinition:
     if name == "dask":
         from dagster_dask import dask_executor
 
-        address = os.environ.get("HRTEM_DASK_ADDRESS")
+        address = get_settings().dask_address
         if address:
             return dask_executor.configured({"cluster": {"existing": {"address": address}}}, name="dask")
-        workers = int(os.environ.get("HRTEM_DASK_WORKERS") or 2)
+        workers = get_settings().dask_workers
         return dask_executor.configured({"cluster": {"local": {"n_workers": workers, "processes": True}}},
                                         name="dask")
     raise InputError(f"HRTEM_EXECUTOR: unknown executor {name!r} (expected one of {', '.join(EXECUTORS)})")
@@ -92,14 +92,14 @@ def build_definitions(config_paths: Sequence[str | Path] | None = None, executor
     studies at ``study_paths`` (default ``$HRTEM_STUDIES``, else ``configs/studies``; only when
     ``config_paths`` is not given explicitly, so a chosen configuration loads alone)."""
     sources = discover_configs(list(config_paths) if config_paths is not None else default_config_paths())
-    executor = executor or os.environ.get("HRTEM_EXECUTOR") or "multiprocess"
+    executor = executor or get_settings().executor
     pool = None if executor == "dask" else SIMULATION_POOL
     assets, jobs = [], []
     for src in sources:
         assets.extend(build_config_assets(src, simulation_pool=pool))
         assets.extend(build_validation_assets(src))
         jobs.extend([*group_jobs(src), validation_job(src)])
-    if study_paths is None and (config_paths is None or os.environ.get("HRTEM_STUDIES")):
+    if study_paths is None and (config_paths is None or get_settings().studies):
         study_paths = default_study_paths()
     groups = {src.group for src in sources}
     for study in discover_studies(list(study_paths or [])):

@@ -11,13 +11,13 @@ All three can be overridden per run from the launchpad (``resources: {workspace:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from hrtem_dataset.io import workspace_root
+from hrtem_dataset.settings import get_settings
 
 
 class Workspace(ConfigurableResource):
@@ -55,7 +55,7 @@ class PublishTarget(ConfigurableResource):
     def resolved_token(self) -> str | None:
         """From the environment only (``$HF_TOKEN``, else huggingface_hub's cached login): a token in a
         resource field would be stored in the run config and the run database."""
-        return os.environ.get("HF_TOKEN") or None
+        return get_settings().hf_token
 
 
 def default_resources() -> dict[str, object]:
@@ -64,13 +64,10 @@ def default_resources() -> dict[str, object]:
     ``HRTEM_HOME`` (workspace), ``HRTEM_ENGINE`` / ``HRTEM_DEVICE`` (simulation), ``HRTEM_PUBLISH_DIR``,
     ``HRTEM_DATASET_REPO_ID``, ``HRTEM_MODEL_REPO_ID`` (publishing; token from ``HF_TOKEN``).
     """
-    env = os.environ.get
+    env = get_settings()
     return {
-        "workspace": Workspace(root=env("HRTEM_HOME") or None),
-        "simulation": SimulationEngine(engine=env("HRTEM_ENGINE") or None, device=env("HRTEM_DEVICE") or None),
-        "publish_target": PublishTarget(
-            local_dir=env("HRTEM_PUBLISH_DIR") or None,
-            dataset_repo_id=env("HRTEM_DATASET_REPO_ID") or None,
-            model_repo_id=env("HRTEM_MODEL_REPO_ID") or None,
-        ),
+        "workspace": Workspace(root=str(env.home) if env.home else None),
+        "simulation": SimulationEngine(engine=env.engine, device=env.device),
+        "publish_target": PublishTarget(local_dir=env.publish_dir, dataset_repo_id=env.dataset_repo_id,
+                                        model_repo_id=env.model_repo_id),
     }

@@ -14,8 +14,6 @@ per-structure files that already exist (all artifacts are written atomically).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,9 +21,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from hrtem_dataset import pipeline as pl
 from hrtem_dataset import progress
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.settings import get_settings
+from hrtem_dataset.workspace import images_shard_current, simulation_settings
 
 from .assets import PARTITIONED, build_config_assets, load_config, shard_keys
 from .resources import PublishTarget, SimulationEngine, Workspace
@@ -47,14 +46,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _shard_done(instance: dg.DagsterInstance, key: dg.AssetKey, spec, shard: int, partition: str, root: Path) -> bool:
-    if partition not in instance.get_materialized_partitions(key):
-        return False
-    path = pl.images_path(spec, shard, root)
-    fp = path.parent / "_fingerprint.json"
-    try:
-        return path.exists() and json.loads(fp.read_text())["fingerprint"] == pl.images_fingerprint(spec, root)
-    except (OSError, KeyError, ValueError, InputError):
-        return False
+    return partition in instance.get_materialized_partitions(key) and images_shard_current(spec, shard, root)
 
 
 def materialize_config(config: str | Path, out_dir: str | Path, *, workspace: str | Path | None = None,
@@ -69,9 +61,8 @@ def materialize_config(config: str | Path, out_dir: str | Path, *, workspace: st
     src = load_config(config)
     spec = src.spec
     out = Path(out_dir).resolve()
-    root = Path(workspace).resolve() if workspace else (
-        Path(os.environ["HRTEM_HOME"]).resolve() if os.environ.get("HRTEM_HOME") else out / ".hrtem")
-    pl.simulation_settings(spec, engine, device)  # validate overrides before writing anything
+    root = get_settings().workspace(workspace, default=out / ".hrtem")
+    simulation_settings(spec, engine, device)  # validate overrides before writing anything
     assets = build_config_assets(src)
     resources = {"workspace": Workspace(root=str(root)),
                  "simulation": SimulationEngine(engine=engine, device=device),

@@ -13,7 +13,6 @@ species + positions hashes, in any variant's training set) and ``evaluation_matr
 
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,13 @@ from dagster import (
     asset,
 )
 
-from hrtem_dataset import __version__
+from hrtem_dataset import __version__, previews
+from hrtem_dataset.settings import get_settings
 from hrtem_dataset.studies import Study, load_study, parse_member_key
 from hrtem_dataset.studies import steps as st
 from hrtem_dataset.studies.report import plot_name, table
 
-from . import previews
-from .assets import _num, _stats_metadata, discover_sources, group_name_for
+from .assets import discover_sources, group_name_for, metadata_value, stats_metadata
 from .resources import PublishTarget, SimulationEngine, Workspace
 
 STUDY_ASSETS = ("evaluation_sets", "variant_datasets", "trained_models", "evaluation_matrix", "study_report")
@@ -57,9 +56,9 @@ def load_study_source(path: str | Path) -> StudySource:
 
 
 def default_study_paths() -> list[Path]:
-    env = os.environ.get("HRTEM_STUDIES")
+    env = get_settings().studies
     if env:
-        return [Path(p) for p in env.split(os.pathsep) if p]
+        return get_settings().paths(env)
     for cand in (Path.cwd() / "configs" / "studies", Path(__file__).resolve().parent.parent / "configs" / "studies"):
         if cand.is_dir():
             return [cand]
@@ -115,7 +114,7 @@ def build_study_assets(src: StudySource) -> list[AssetsDefinition]:
                          simulation: SimulationEngine) -> MaterializeResult:
         rec = st.build_variants(study, workspace.path(), engine=simulation.engine, device=simulation.device)
         lk = rec["leakage"]
-        md = {**_stats_metadata(rec["reuse"]), "datasets": MetadataValue.json(
+        md = {**stats_metadata(rec["reuse"]), "datasets": MetadataValue.json(
             {k: {x: d[x] for x in ("config_name", "spec_hash", "waves_simulated", "waves_reused")}
              for k, d in rec["datasets"].items()}), "dagster/row_count": MetadataValue.int(len(rec["datasets"]))}
         return MaterializeResult(metadata=md, check_results=[AssetCheckResult(
@@ -131,13 +130,13 @@ def build_study_assets(src: StudySource) -> list[AssetsDefinition]:
         variant, seed = parse_member_key(context.partition_key)
         t0 = time.perf_counter()
         rec = st.train(study, variant, seed, workspace.path(), device=simulation.device)
-        md = {"reused": MetadataValue.bool(bool(rec.get("reused"))), "seconds": _num(time.perf_counter() - t0),
+        md = {"reused": MetadataValue.bool(bool(rec.get("reused"))), "seconds": metadata_value(time.perf_counter() - t0),
               "models": MetadataValue.json([x["path"] for x in rec["models"]])}
         if rec.get("skipped"):
             context.log.warning(f"{context.partition_key}: {rec['skipped']}")
             md["skipped"] = MetadataValue.text(rec["skipped"])
         if rec["models"]:
-            md.update({f"val_{k}": _num(v) for k, v in rec["models"][0]["metrics"].items()
+            md.update({f"val_{k}": metadata_value(float(v)) for k, v in rec["models"][0]["metrics"].items()
                        if k in ("f1", "iou") and v is not None})
         return MaterializeResult(metadata=md)
 

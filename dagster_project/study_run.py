@@ -10,7 +10,6 @@ set) are reused; an interrupted training resumes from its checkpoint.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.settings import get_settings
 from hrtem_dataset.studies.build import check_transfer
 
 from .resources import PublishTarget, SimulationEngine, Workspace
@@ -39,8 +39,7 @@ def run_study(spec_path: str | Path, out_dir: str | Path, *, workspace: str | Pa
     study = src.study
     check_transfer(study)  # k larger than the real folder allows: one line, before anything is written
     out = Path(out_dir).resolve()
-    root = Path(workspace).resolve() if workspace else (
-        Path(os.environ["HRTEM_HOME"]).resolve() if os.environ.get("HRTEM_HOME") else out / ".hrtem")
+    root = get_settings().workspace(workspace, default=out / ".hrtem")
     assets = build_study_assets(src)
     resources = {"workspace": Workspace(root=str(root)), "simulation": SimulationEngine(engine=engine, device=device),
                  "publish_target": PublishTarget(local_dir=str(out))}

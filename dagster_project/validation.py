@@ -30,6 +30,8 @@ from dagster import (
 from pydantic import Field
 
 from hrtem_dataset import validation as val
+from hrtem_dataset.dataset.card import attach_validation_report
+from hrtem_dataset.workspace import validation_dir
 
 from .assets import DatasetConfigSource, code_versions
 from .resources import PublishTarget, Workspace
@@ -66,9 +68,9 @@ def build_validation_assets(src: DatasetConfigSource) -> list[AssetsDefinition]:
         root = workspace.path()
         payload = val.configuration_report(spec, quick=config.quick, tolerance=config.tolerance,
                                            progress=context.log.info)
-        folder = val.write_report(payload, val.report_dir(spec, root))
+        folder = val.write_report(payload, validation_dir(spec, root))
         published = publish_target.folder(root, g) / "dataset"
-        attached = val.attach_to_dataset(folder, published, spec.config_name) if published.is_dir() else False
+        attached = attach_validation_report(folder, published, spec.config_name) if published.is_dir() else False
         s = val.summary(payload)
         chk = payload["checks"]["exit_wave_converged"]
         md = {"path": MetadataValue.path(str(folder)), "card": MetadataValue.md(val.render_card(payload)),

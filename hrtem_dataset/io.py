@@ -14,6 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import InputError
+from .settings import get_settings
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,8 +25,24 @@ def _umask() -> int:
 
 
 def workspace_root(root: str | os.PathLike | None = None) -> Path:
-    """Workspace for intermediate artifacts: ``root``, else ``$HRTEM_HOME``, else ``./.hrtem``."""
-    return Path(root or os.environ.get("HRTEM_HOME") or ".hrtem").resolve()
+    """Workspace for intermediate artifacts: ``root``, else ``$HRTEM_HOME``, else ``./.hrtem``
+    (:meth:`hrtem_dataset.settings.Settings.workspace`)."""
+    return get_settings().workspace(root)
+
+
+def make_public(path: str | os.PathLike) -> Path:
+    """Published artifacts are for others: 0755 for a folder, 0644 for a file (atomic writes create
+    owner-only temporaries)."""
+    path = Path(path)
+    os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return path
+
+
+def make_public_files(folder: str | os.PathLike) -> None:
+    """:func:`make_public` on every non-hidden file below ``folder``."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            make_public(p)
 
 
 @contextlib.contextmanager
@@ -87,7 +106,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """Fail early (before any compute) when ``path`` cannot be an output file: an existing directory,
     or a parent that exists as a file or cannot be created/written."""
-    from .errors import InputError
 
     p = Path(path)
     if p.is_dir():
@@ -112,7 +130,6 @@ def check_output_dir(path: str | os.PathLike, allowed: tuple[str, ...] = (), opt
     """Fail early when ``path`` is not a safe output directory to replace: the working directory or one
     of its parents, a file, or a non-empty directory holding anything but ``allowed`` glob patterns (a
     previous output of the same command)."""
-    from .errors import InputError
 
     p = Path(path)
     resolved, cwd = p.resolve(), Path.cwd().resolve()
@@ -127,7 +144,6 @@ def check_output_folder(path: str | os.PathLike, allowed: tuple[str, ...], optio
     previous output of the same command), or cannot be written."""
     import fnmatch
 
-    from .errors import InputError
 
     p = Path(path)
     if p.exists() and not p.is_dir():

@@ -49,9 +49,10 @@ from scipy import ndimage
 from .errors import InputError
 from .imaging._common import as_pair, phonon_stack
 from .imaging.calibration import calibrate_zero_defocus
-from .imaging.resample import crop_spectrum, resampled_sampling, resampled_shape
+from .imaging.resample import resampled_sampling, resampled_shape
 from .simulation.physics import wavelength as electron_wavelength
 from .specs import LabelSpec
+from .spectra import crop_spectrum
 
 
 def phase_field(
@@ -162,6 +163,31 @@ def instance_map(atoms, mask: np.ndarray, pixel_size: tuple[float, float]) -> np
     nearest = tiled[ii, jj][mx : 2 * mx, my : 2 * my]
     out[mask] = nearest[mask]
     return out
+
+
+VACUUM_MARGIN = 6.0
+"""Å: pixels farther than this from every particle atom count as vacuum in the particle-only waves."""
+
+
+def vacuum_region(atoms, shape: tuple[int, int], sampling: tuple[float, float],
+                  margin: float = VACUUM_MARGIN) -> np.ndarray:
+    """Bool ``[x, y]`` map of grid pixels farther than ``margin`` Å (in projection) from every particle
+    atom — vacuum in the particle-only exit waves, where |ψ| must be 1. Vectorised: a 2-D histogram of
+    atom positions and a Euclidean distance transform."""
+    pid = np.asarray(atoms.arrays.get("particle_id", np.zeros(len(atoms), int)))
+    pos = atoms.positions[pid >= 0]
+    if len(pos) == 0:
+        return np.ones(shape, bool)
+    lx, ly = shape[0] * sampling[0], shape[1] * sampling[1]
+    # nearest grid point (bins centred on the samples), periodic in x and y
+    extent = [[-sampling[0] / 2, lx - sampling[0] / 2], [-sampling[1] / 2, ly - sampling[1] / 2]]
+    px = np.mod(pos[:, 0] + sampling[0] / 2, lx) - sampling[0] / 2
+    py = np.mod(pos[:, 1] + sampling[1] / 2, ly) - sampling[1] / 2
+    hist, _, _ = np.histogram2d(px, py, bins=shape, range=extent)
+    pad = (int(math.ceil(margin / sampling[0])) + 1, int(math.ceil(margin / sampling[1])) + 1)
+    empty = np.pad(hist == 0, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
+    dist = ndimage.distance_transform_edt(empty, sampling=sampling)[pad[0]:pad[0] + shape[0], pad[1]:pad[1] + shape[1]]
+    return dist > margin
 
 
 def particle_table(atoms, instances: np.ndarray, pixel_size: tuple[float, float]) -> list[dict]:

@@ -17,6 +17,7 @@ import math
 import os
 
 from .errors import InputError
+from .settings import get_settings
 
 ENV_VAR = "HRTEM_MAX_MEMORY_GB"
 DEFAULT_FRACTION = 0.8  # of the physical memory
@@ -36,7 +37,7 @@ def physical_memory() -> int | None:
 
 def memory_limit() -> int | None:
     """The limit in bytes: ``HRTEM_MAX_MEMORY_GB`` GiB, else 80 % of the physical memory (None: unknown)."""
-    raw = os.environ.get(ENV_VAR)
+    raw = get_settings().max_memory_gb
     if raw is not None and raw.strip():
         try:
             gb = float(raw)

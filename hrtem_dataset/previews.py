@@ -1,4 +1,6 @@
-"""Small PNG previews for materialization metadata (shown inline in the Dagster UI).
+"""PNG helpers, in one place: the 8-bit contrast stretch, deterministic PNG encoding (the dataset's
+``preview`` column), and the small previews of stage outputs (shown inline in the Dagster UI, written next
+to the artifacts). Used by the dataset writer, the dataset card and the stages.
 
 Arrays follow the project convention ``[x, y]``; PNG rows are image rows, so arrays are transposed to
 show ``x`` horizontally and ``y`` vertically (as matplotlib ``imshow(a.T, origin="lower")`` would,
@@ -12,6 +14,9 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from .io import atomic_write_bytes
 
 # Colours of particles 0..n-1 in structure projections (substrate is grey).
 _PALETTE = np.array([
@@ -19,20 +24,27 @@ _PALETTE = np.array([
 ], dtype=np.float32)
 
 
-def stretch(a: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
-    """Contrast-stretch to uint8 between the ``lo``/``hi`` percentiles (finite values only)."""
-    a = np.asarray(a, dtype=np.float64)
+def contrast_stretch(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """8-bit copy of ``image``: the ``low``–``high`` percentile range of its finite values mapped linearly
+    onto 0–255 (rounded); non-finite pixels and a flat image give 0."""
+    a = np.asarray(image, dtype=np.float64)
     finite = np.isfinite(a)
     if not finite.any():
-        return np.zeros(a.shape, np.uint8)
-    p0, p1 = np.percentile(a[finite], [lo, hi])
-    scale = 255.0 / (p1 - p0) if p1 > p0 else 0.0
-    return np.clip((np.where(finite, a, p0) - p0) * scale, 0, 255).astype(np.uint8)
+        return np.zeros(a.shape, dtype=np.uint8)
+    lo, hi = np.percentile(a[finite], [low, high])
+    if not hi > lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.round(np.clip((np.where(finite, a, lo) - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes (mode ``L``) of a 2-D uint8 array; rows = first axis. Deterministic (no metadata)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def _to_png(rgb_or_gray: np.ndarray, max_size: int = 192) -> bytes:
-    from PIL import Image
-
     arr = np.ascontiguousarray(np.swapaxes(rgb_or_gray, 0, 1))  # [x, y] -> rows = y
     img = Image.fromarray(arr)
     if max(img.size) > max_size:
@@ -44,12 +56,12 @@ def _to_png(rgb_or_gray: np.ndarray, max_size: int = 192) -> bytes:
 
 def image_png(image: np.ndarray, max_size: int = 192) -> bytes:
     """Contrast-stretched grey PNG of an ``[x, y]`` image."""
-    return _to_png(stretch(image), max_size)
+    return _to_png(contrast_stretch(image), max_size)
 
 
 def mask_overlay_png(image: np.ndarray, mask: np.ndarray, max_size: int = 192, alpha: float = 0.45) -> bytes:
     """The image in grey with the particle mask tinted red (same ``[x, y]`` grid)."""
-    g = stretch(image).astype(np.float32)
+    g = contrast_stretch(image).astype(np.float32)
     rgb = np.stack([g, g, g], axis=-1)
     m = np.asarray(mask, bool)
     rgb[m] = (1 - alpha) * rgb[m] + alpha * np.array([255.0, 30.0, 30.0])
@@ -90,8 +102,6 @@ def markdown_images(pngs: dict[str, bytes]) -> str:
 
 def save_pngs(pngs: dict[str, bytes], folder: Path, stem: str) -> dict[str, Path]:
     """Write the previews next to the artifacts (atomically); returns title -> path."""
-    from hrtem_dataset.io import atomic_write_bytes
-
     out = {}
     for title, png in pngs.items():
         slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")

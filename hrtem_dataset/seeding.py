@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 
 def derive_seed(root: int, *keys: Any) -> int:
     """Seed for a sub-task identified by ``keys`` (strings/ints/floats) under the ``root`` seed."""
@@ -23,7 +25,6 @@ def derive_seed(root: int, *keys: Any) -> int:
 def check_seed(seed: int, option: str = "--seed") -> int:
     """``seed`` when it is a root seed the derivations accept (0 <= seed < 2^63), else :class:`InputError`
     naming ``option``."""
-    from .errors import InputError
 
     if not 0 <= int(seed) < 2**63:
         raise InputError(f"{option}: must be in 0..2^63-1, got {seed}")

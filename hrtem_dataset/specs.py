@@ -10,12 +10,16 @@ Sections (each owned by one stage):
 - imaging: :class:`ImagingDistributionSpec` (ranges; each image records its concrete values)
 - labels: :class:`LabelSpec`
 - dataset: :class:`SplitSpec`, :class:`DatasetSpec`
+
+Size: over 400 lines because it is deliberately the one place for every spec section and every bound
+(the issue-10 rule: functions validate through these models too).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -30,7 +34,9 @@ from pydantic import (
     model_validator,
 )
 
+from .crystals import get_crystal
 from .errors import InputError, format_validation_error
+from .seeding import spec_hash
 
 
 class Strict(BaseModel):
@@ -272,8 +278,6 @@ class ParticleDistributionSpec(Strict):
     @field_validator("materials")
     @classmethod
     def _materials(cls, v: Choice) -> Choice:  # unknown materials before any run starts, not inside one
-        from .structures.crystals import get_crystal
-
         for m in v.values:
             if not isinstance(m, str) or not m.strip():
                 raise ValueError(f"expected material names (element symbols or CIF paths), got {m!r}")
@@ -340,6 +344,27 @@ class SimulationSpec(Strict):
 # --------------------------------------------------------------------------------------------------
 # Imaging
 # --------------------------------------------------------------------------------------------------
+
+
+# Detector MTF parameters (bounds here, used by hrtem_dataset.imaging.detector)
+MTF_DEFAULTS: dict[str, float] = {"floor": 0.0, "half_width": 0.5, "power": 2.0}
+
+
+def validate_mtf(params: Mapping[str, float] | None) -> dict[str, float] | None:
+    """Complete ``params`` with defaults; ``None``/empty -> ``None`` (perfect detector)."""
+    if not params:
+        return None
+    unknown = set(params) - set(MTF_DEFAULTS)
+    if unknown:
+        raise InputError(f"mtf: unknown parameter(s) {sorted(unknown)} (expected {sorted(MTF_DEFAULTS)})")
+    p = {**MTF_DEFAULTS, **{k: float(v) for k, v in params.items()}}
+    if not 0.0 <= p["floor"] < 1.0:
+        raise InputError(f"mtf.floor: must be in [0, 1), got {p['floor']}")
+    if not (p["half_width"] > 0 and math.isfinite(p["half_width"])):
+        raise InputError(f"mtf.half_width: must be > 0, got {p['half_width']}")
+    if not (p["power"] > 0 and math.isfinite(p["power"])):
+        raise InputError(f"mtf.power: must be > 0, got {p['power']}")
+    return p
 
 
 class SeriesSpec(Strict):
@@ -429,8 +454,6 @@ class ImagingDistributionSpec(Strict):
         if not all(math.isfinite(v) and 0 < v <= 10 for v in st) or any(b >= a for a, b in zip(st, st[1:], strict=False)):
             raise ValueError(f"calibration_steps: need decreasing steps in (0, 10] Å, got {st}")
         if self.mtf:
-            from .imaging.detector import validate_mtf
-
             try:
                 validate_mtf(self.mtf)
             except InputError as exc:
@@ -486,12 +509,15 @@ class SplitSpec(Strict):
 
 
 class ModelTrainingSpec(Strict):
+    """The one training spec: the ``model`` section of a dataset YAML, and the bounds of every training
+    hyper-parameter (``models.train.TrainConfig`` adds the run-only knobs and validates through this model)."""
+
     encoder: str = "tu-resnet18"
-    epochs: int = Field(5, ge=1)
-    steps: int | None = Field(None, ge=1, description="total optimiser steps; overrides epochs")
-    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(5, ge=1, le=10**6)
+    steps: int | None = Field(None, ge=1, le=10**9, description="total optimiser steps; overrides epochs")
+    batch_size: int = Field(8, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0)
-    image_size: int | None = Field(None, ge=16, description="random crop size for training")
+    image_size: int | None = Field(None, ge=16, le=4096, description="random crop size for training (pixels)")
     min_f1: float = Field(0.0, ge=0, le=1, description="asset check floor on the evaluation F1 (test split, "
                           "else validation)")
     encoder_depth: int = Field(5, ge=1, le=5, description="U-Net depth (encoder stages used)")
@@ -575,8 +601,6 @@ class DatasetSpec(Strict):
         return "test"
 
     def hash(self) -> str:
-        from .seeding import spec_hash
-
         return spec_hash(self)
 
 

@@ -14,6 +14,9 @@ Preprocessing (paper protocol): per-image standardisation (zero mean, unit stand
 image), random square crops, and the 8 dihedral transforms (4 rotations × optional transpose) — the
 symmetry group of the square pixel grid, under which HRTEM images of randomly oriented particles are
 statistically invariant. All randomness comes from seeds derived with :func:`hrtem_dataset.seeding.derive_seed`.
+
+Size: over 400 lines because both batch samplers (pre-rendered images, on-the-fly imaging of exit waves)
+share the sample loading, crop choice and augmentation of this module; they are one data path.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.imaging import conditions_to_tensors, image_batch, sample_imaging_conditions
 from hrtem_dataset.seeding import derive_seed
 
 from .augment import degrade
@@ -336,10 +340,6 @@ class OnTheFlyImaging:
 
     def __init__(self, samples: list[WaveSample], imaging, crop: int, batch_size: int, seed: int,
                  device: str = "cpu", samples_per_epoch: int | None = None):
-        try:
-            from hrtem_dataset.imaging import conditions_to_tensors, image_batch, sample_imaging_conditions
-        except ImportError as exc:
-            raise InputError(f"on-the-fly imaging needs hrtem_dataset.imaging ({exc})") from None
         self._image_batch, self._sample, self._to_tensors = image_batch, sample_imaging_conditions, \
             conditions_to_tensors
         self.samples, self.imaging = samples, imaging

@@ -1,39 +1,14 @@
-"""The ``--device`` option of ``hrtem train``, ``hrtem evaluate`` and ``hrtem segment``, checked up front."""
+"""The ``--device`` option of ``hrtem train``, ``hrtem evaluate`` and ``hrtem segment``, checked up front:
+:func:`hrtem_dataset.device.resolve_device` (one rule for the whole project) naming ``--device``."""
 
 from __future__ import annotations
 
-from hrtem_dataset.errors import InputError
+from hrtem_dataset.device import CHOICES
+from hrtem_dataset.device import resolve_device as _resolve
 
-CHOICES = "auto, cpu, cuda or cuda:N"
+__all__ = ["CHOICES", "resolve_device"]
 
 
 def resolve_device(device=None, option: str = "--device"):
-    """``torch.device`` for ``device``: None/"auto" -> CUDA when available, else the CPU.
-
-    Anything else must name a usable device: "cpu", "cuda" or "cuda:N" with CUDA available and N a present
-    GPU (and "mps" where available). Otherwise :class:`InputError` naming ``option`` is raised, before any
-    model or data is loaded.
-    """
-    import torch
-
-    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        try:
-            dev = torch.device(str(device).strip())
-        except (RuntimeError, ValueError, TypeError):
-            raise InputError(f"{option}: unknown device {device!r} (use {CHOICES})") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"{option}: {device} requested but CUDA is not available (use cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"{option}: {device} requested but only {torch.cuda.device_count()} CUDA "
-                             "device(s) are present")
-        return dev
-    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return dev
-    raise InputError(f"{option}: unsupported device {device!r} (use {CHOICES})")
+    """:func:`hrtem_dataset.device.resolve_device` with messages naming the CLI option."""
+    return _resolve(device, option)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.jsonsafe import finite
 
 from .data import WaveSample, _is_user_folder, load_samples, load_user_folder
 from .device import resolve_device
+from .hub import from_pretrained
 from .train import validate
 
 
@@ -31,7 +33,6 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
     """
     resolve_device(device)  # before loading anything
     if isinstance(model, str | Path):
-        from .hub import from_pretrained
 
         model_ref = str(model)
         model = from_pretrained(model)
@@ -57,6 +58,4 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
 
 def json_safe(d: dict) -> dict:
     """NaN/inf -> None (recursively; numpy scalars -> Python) so the dict serialises as strict JSON."""
-    from .hub import _clean
-
-    return _clean(dict(d))
+    return finite(dict(d))

@@ -10,6 +10,9 @@ from typing import Any
 
 from hrtem_dataset.specs import ModelTrainingSpec
 
+from .evaluate import evaluate, json_safe
+from .train import train
+
 
 def train_from_spec(dataset_dir: str | Path, config_name: str | None, spec: ModelTrainingSpec | None,
                     out_dir: str | Path, seed: int = 0, *, progress: bool = False,
@@ -21,15 +24,10 @@ def train_from_spec(dataset_dir: str | Path, config_name: str | None, spec: Mode
     statistics, ``train_loss``) plus ``steps`` and ``time_s``. An asset check can compare ``f1`` with
     ``spec.min_f1``.
     """
-    from .train import train
 
     spec = spec or ModelTrainingSpec()
-    kw: dict[str, Any] = {"encoder": spec.encoder, "epochs": spec.epochs, "steps": spec.steps,
-                          "batch_size": spec.batch_size, "lr": spec.lr, "image_size": spec.image_size,
-                          "seed": int(seed)}
-    for extra in ("encoder_depth", "decoder_channels", "schedule", "dice_weight", "augment", "threshold"):
-        if getattr(spec, extra, None) is not None:
-            kw[extra] = getattr(spec, extra)
+    # the spec's fields are train()'s keyword arguments (one training spec); min_f1 is only a check floor
+    kw: dict[str, Any] = {**spec.model_dump(exclude={"min_f1"}, exclude_none=True), "seed": int(seed)}
     res = train(dataset_dir, out_dir, config=config_name, progress=progress, device=device, **kw)
     return {**res["metrics"], "steps": res["steps"], "time_s": res["time_s"]}
 
@@ -38,6 +36,5 @@ def evaluate_model(model_dir: str | Path, dataset_dir: str | Path, config: str |
                    split: str = "test", *, device: str | None = None) -> dict[str, Any]:
     """Evaluate a saved model folder on a dataset split; returns the flat metrics dict of
     :func:`models.evaluate.evaluate` (JSON-safe: undefined values are None)."""
-    from .evaluate import evaluate, json_safe
 
     return json_safe(evaluate(model_dir, dataset_dir, config, split, device=device))

@@ -19,18 +19,23 @@ Folders written before ``hrtem.json`` existed (everything in ``config.json``) st
 through ``huggingface_hub.snapshot_download`` (which fails cleanly with HF_HUB_OFFLINE=1 or no network).
 ``push_to_hub`` uploads a folder with ``HfApi.upload_folder``; the token comes from the argument or
 ``HF_TOKEN``/the huggingface_hub login and is never printed or written anywhere.
+
+Size: over 400 lines because it holds the whole Hub model-repo format (config.json for smp, hrtem.json,
+the model card, save/load and push) — one on-disk format, read and written in one place.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
-from typing import Any
 
+from hrtem_dataset.dataset.card import hub_tag
+from hrtem_dataset.dataset.publish import card_with_repo_id, folder_version, hub_offline
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path, atomic_write_text
+from hrtem_dataset.jsonsafe import finite
+from hrtem_dataset.settings import get_settings
 
 from .build import ModelConfig, build_model, count_parameters
 
@@ -41,19 +46,6 @@ CARD_NAME = "README.md"
 LIBRARY_NAME = "segmentation-models-pytorch"  # the card's library_name: the library that loads the weights
 PACKAGE_NAME = "hrtem-dataset"
 REPO_PLACEHOLDER = "<org>/{name}"  # load snippets before publishing; `hrtem publish` writes the real repo id
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe values (NaN -> None, numpy scalars -> Python)."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    if hasattr(v, "item") and not isinstance(v, str):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 REAL_EVALUATION_NAME = "real_evaluation.json"
@@ -96,7 +88,7 @@ def record_real_evaluation(model_dir: str | Path, name: str, result: dict) -> Pa
     meta = read_metadata(d)
     real = read_real_evaluations(d)
     keep = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1", "n_images", "per_image")
-    real[str(name)] = _clean({k: result.get(k) for k in keep})
+    real[str(name)] = finite({k: result.get(k) for k in keep})
     atomic_write_text(d / REAL_EVALUATION_NAME, json.dumps(real, indent=1, sort_keys=True) + "\n")
     return _write_card(d, meta, real=real)
 
@@ -229,7 +221,7 @@ def dataset_label(dataset: dict) -> str:
 def public_lineage(dataset: dict | None) -> dict:
     """Training-data lineage without local paths: a local dataset folder or fine-tuning folder is named by
     its folder name (``id`` of a Hub dataset stays the repo id)."""
-    out = dict(_clean(dataset or {}))
+    out = dict(finite(dataset or {}))
     if not out.get("hub") and out.get("id"):
         out["id"] = Path(str(out["id"])).name
     for key in ("fine_tune_data",):
@@ -246,7 +238,7 @@ def smp_config(model) -> dict:
         c: ModelConfig = model.hrtem_config
         cfg = {"encoder_name": c.encoder, "encoder_depth": c.encoder_depth, "decoder_channels": list(c.decoder_channels),
                "in_channels": c.in_channels, "classes": c.classes}
-    cfg = {k: v for k, v in _clean(cfg).items() if not k.startswith("_")}
+    cfg = {k: v for k, v in finite(cfg).items() if not k.startswith("_")}
     cfg["encoder_weights"] = None
     cfg["_model_class"] = type(model).__name__
     return cfg
@@ -313,7 +305,7 @@ def write_metadata(model_dir: str | Path, meta: dict) -> Path:
     d = Path(model_dir)
     cfg_path = d / CONFIG_NAME
     old = _read_json(cfg_path) if cfg_path.is_file() else None
-    out = atomic_write_text(d / METADATA_NAME, json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
+    out = atomic_write_text(d / METADATA_NAME, json.dumps(finite(meta), indent=2, sort_keys=True) + "\n")
     if isinstance(old, dict) and "model" in old and "_model_class" not in old:
         model = build_model(config=ModelConfig.from_dict(meta["model"]))
         write_smp_config(d, model)
@@ -340,8 +332,8 @@ def save_pretrained(model, out_dir: str | Path, *, metrics: dict | None = None, 
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     meta = {"model": config.to_dict(), "library": LIBRARY_NAME, "package": PACKAGE_NAME,
-            "n_parameters": count_parameters(model), "training": _clean(training or {}), "dataset": dataset,
-            "metrics": _clean(metrics or {})}
+            "n_parameters": count_parameters(model), "training": finite(training or {}), "dataset": dataset,
+            "metrics": finite(metrics or {})}
     version = version or (dataset.get("version") if isinstance(dataset.get("version"), str) else None)
     if version:
         meta["version"] = version
@@ -365,7 +357,7 @@ def card_with_evaluation(model_dir: str | Path, metrics: dict, split: str) -> Pa
         meta[f"{str(prev_split).replace(' ', '_')}_metrics"] = meta["metrics"]
     dataset.update(eval_split=split, n_eval=metrics.get("n_images", "n/a"))
     meta["dataset"] = dataset
-    meta["metrics"] = {k: v for k, v in _clean(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    meta["metrics"] = {k: v for k, v in finite(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
     write_metadata(d, meta)
     return _write_card(d, meta)
 
@@ -429,12 +421,8 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
     import tempfile
 
     from huggingface_hub import HfApi
-    from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    from hrtem_dataset.dataset.card import hub_tag
-    from hrtem_dataset.dataset.publish import card_with_repo_id, folder_version
-
-    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise InputError(f"push to {repo_id}: the Hub is offline (HF_HUB_OFFLINE is set); "
                          "unset it and provide HF_TOKEN to upload")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
@@ -453,7 +441,7 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
         if tag is None:
             version = folder_version(folder, "model")
             tag = hub_tag(version) if version else None
-        api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
+        api = HfApi(token=token or get_settings().hf_token)
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             if revision:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hrtem_dataset.errors import InputError
+from hrtem_dataset.imaging.resample import interpolate
 from hrtem_dataset.io import atomic_path
 
 RSCIIO_READERS = {
@@ -208,7 +209,6 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
 def resample(image: np.ndarray, shape: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
     """Resample a 2-D array to ``shape``: antialiased bilinear for images, nearest for masks
     (:func:`hrtem_dataset.imaging.resample.interpolate`, the resampling the datasets' images use too)."""
-    from hrtem_dataset.imaging.resample import interpolate
 
     return interpolate(image, shape, nearest=nearest)
 

@@ -23,8 +23,9 @@ from hrtem_dataset.io import atomic_path, check_output_file
 from hrtem_dataset.limits import check_memory
 
 from .build import size_multiple
-from .data import standardize
+from .data import load_user_folder, standardize
 from .device import resolve_device
+from .hub import from_pretrained
 from .imageio import mask_png_bytes, read_image, resample, rescaled_shape
 from .metrics import particle_table
 
@@ -166,7 +167,6 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
                 raise InputError(f"{flag} {path}: use a {suffix} name (other files are never overwritten)")
             check_output_file(path, flag)  # inside a file, or an unwritable folder
     if isinstance(model, str | Path):
-        from .hub import from_pretrained
 
         model = from_pretrained(model)
     if isinstance(image, str | Path):
@@ -217,7 +217,6 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
 
     from rich.progress import Progress
 
-    from .data import load_user_folder
 
     resolve_device(device)
     out_dir = Path(out_dir)
@@ -228,7 +227,6 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
     samples = load_user_folder(folder, pixel_size=pixel_size, require_masks=False, require_pixel_size=True,
                                pixel_sizes=pixel_sizes)
     if isinstance(model, str | Path):
-        from .hub import from_pretrained
 
         model = from_pretrained(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ standardisation, dihedral augmentation, cross-entropy (+ Dice) loss. Here:
 - Transfer learning: ``init_from`` (model folder, Hub id or ``.pt`` checkpoint), ``freeze="encoder"``
   (fine-tune decoder + head) or ``freeze="decoder"`` (fine-tune the encoder; decoder and segmentation
   head fixed). Frozen parts also keep their BatchNorm statistics (they stay in eval mode).
+
+Size: over 400 lines because the training loop, its checkpoint/resume and fine-tuning share one state
+(model, optimiser, scheduler, RNG); splitting them would pass that state across modules.
 """
 
 from __future__ import annotations
@@ -34,12 +37,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from hrtem_dataset.errors import InputError
-from hrtem_dataset.io import atomic_path, atomic_write_text
+from hrtem_dataset.io import atomic_path, atomic_write_text, check_output_file, check_output_folder
+from hrtem_dataset.jsonsafe import finite
+from hrtem_dataset.progress import bar as tqdm
 from hrtem_dataset.seeding import check_seed, derive_seed
+from hrtem_dataset.specs import (
+    DatasetSpec,
+    ImagingDistributionSpec,
+    ModelTrainingSpec,
+    load_spec,
+    param_bounds,
+)
 
-from .augment import AUGMENTATIONS
 from .build import (
     DEFAULT_ENCODER,
     ModelConfig,
@@ -60,7 +72,10 @@ from .data import (
     open_split,
     rescale_samples,
 )
-from .metrics import SegmentationMetrics, scores_from_counts
+from .device import resolve_device
+from .hub import from_pretrained, save_pretrained
+from .inference import predict_mask
+from .metrics import SegmentationMetrics, confusion, scores_from_counts
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -90,24 +105,19 @@ class TrainConfig:
     threshold: float = 0.5
 
     def check(self) -> TrainConfig:
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        """The hyper-parameters :class:`~hrtem_dataset.specs.ModelTrainingSpec` has are validated by it (one
+        place for their bounds; the error names the CLI option); the run-only ones here."""
+        shared = {k: getattr(self, k) for k in ModelTrainingSpec.model_fields if hasattr(self, k)}
+        try:
+            ModelTrainingSpec.model_validate(shared)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err.get("loc") else "training"
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            raise InputError(f"--{name.replace('_', '-')}: {msg}, got {shared.get(name)!r}") from None
         if self.freeze not in (None, "encoder", "decoder"):
             raise InputError(f"--freeze: must be 'encoder' or 'decoder', got {self.freeze!r}")
-        for name, top in (("epochs", 10**6), ("batch_size", 4096)):
-            if not 1 <= int(getattr(self, name)) <= top:
-                raise InputError(f"--{name.replace('_', '-')}: must be in 1..{top}, got {getattr(self, name)}")
-        if self.steps is not None and not 1 <= self.steps <= 10**9:
-            raise InputError(f"--steps: must be in 1..10^9, got {self.steps}")
         check_seed(self.seed)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr: must be > 0, got {self.lr}")
-        if not 0.0 < float(self.threshold) < 1.0:
-            raise InputError(f"threshold: must be in (0, 1), got {self.threshold}")
-        if self.augment not in AUGMENTATIONS:
-            raise InputError(f"augment: must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.image_size is not None and not 16 <= self.image_size <= 4096:
-            raise InputError(f"--image-size: must be in 16..4096 pixels, got {self.image_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +128,6 @@ class TrainConfig:
 
 
 def _device(device: str | None):
-    from .device import resolve_device
 
     return resolve_device(device)
 
@@ -175,7 +184,6 @@ def load_initial_model(init_from: str | Path):
             raise InputError(f"--init-from {p}: weights do not match the model config ({type(exc).__name__})") \
                 from None
         return model
-    from .hub import from_pretrained
 
     return from_pretrained(init_from)
 
@@ -211,8 +219,6 @@ def validate(model, samples: list[Sample], *, device=None, detection: bool = Fal
     pixel size (rescaled to the model's pixel size when they differ). Pixel scores are pooled over all
     images (``f1``); ``f1_image_mean`` averages the per-image F1; ``per_image`` adds a list of
     ``{name, pixel_size, f1, iou}``."""
-    from .inference import predict_mask
-    from .metrics import confusion
 
     acc = SegmentationMetrics()
     rows = []
@@ -271,7 +277,6 @@ def _lineage(dataset, config, split_sizes: dict) -> dict:
 def _dataset_imaging(dataset, config: str | None, pixel_size: float):
     """Imaging distribution for on-the-fly imaging of an ``exit_waves`` configuration: the one in the
     dataset folder's ``specs/<config>.yaml`` (the DatasetSpec that built it), else noise-free defaults."""
-    from hrtem_dataset.specs import DatasetSpec, ImagingDistributionSpec, load_spec
 
     path = Path(str(dataset)) / "specs" / f"{config}.yaml" if dataset is not None and config else None
     if path is not None and path.is_file():
@@ -288,7 +293,6 @@ TRAIN_OUTPUTS = ("config.json", "model.safetensors", "hrtem.json", "README.md", 
 def check_train_out(out_dir: str | Path) -> Path:
     """``--out`` must be a new folder, an empty one or a previous training output (nothing else in it):
     refused up front, before any training, so that no unrelated file is overwritten."""
-    from hrtem_dataset.io import check_output_file, check_output_folder
 
     out = check_output_folder(out_dir, TRAIN_OUTPUTS, "--out", "folder holds files that are not a model's")
     check_output_file(out / "config.json", "--out")  # e.g. not a folder named config.json
@@ -431,7 +435,6 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
             tmp.write_bytes(buf.getvalue())
 
     # ---- loop --------------------------------------------------------------------------------------
-    from hrtem_dataset.progress import bar as tqdm  # rich, on stderr, tqdm's interface
 
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
@@ -515,7 +518,6 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     if user_data is not None:
         lineage["fine_tune_data"] = str(user_data)
     if dataset is not None and mcfg.pixel_size:  # the detector pixel sizes the training images cover
-        from hrtem_dataset.specs import param_bounds
 
         rec = getattr(_dataset_imaging(dataset, config, mcfg.pixel_size), "recorded_pixel_size", None)
         if rec is not None:
@@ -526,13 +528,10 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
                     ", realistic degradations (median filter, blur, noise, gain field, clipping, 8-bit)"
                     if cfg.augment == "realistic" else ""),
                 "time_s": round(time.time() - t0, 1)}
-    from .hub import save_pretrained
 
     model.to("cpu")
     save_pretrained(model, out, metrics=metrics, dataset=lineage, training=training, model_name=model_name)
-    from .hub import _clean
-
-    atomic_write_text(out / "history.json", json.dumps(_clean(history), indent=1) + "\n")
+    atomic_write_text(out / "history.json", json.dumps(finite(history), indent=1) + "\n")
     result["metrics"] = metrics
     result["time_s"] = round(time.time() - t0, 2)
     return result

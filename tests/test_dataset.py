@@ -395,7 +395,7 @@ def test_token_in_environment_is_not_written_by_a_build(tmp_path, monkeypatch):
 
 
 def test_json_columns_are_canonical_and_strict():
-    from hrtem_dataset.dataset.writer import to_json
+    from hrtem_dataset.dataset.rows import to_json
 
     assert to_json({"b": [np.float32(1.5), np.nan], "a": np.int64(2)}, "x") == '{"a":2,"b":[1.5,null]}'
     with pytest.raises(InputError, match="x: not valid JSON"):

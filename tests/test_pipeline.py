@@ -240,10 +240,10 @@ def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
     is re-claimed by a corrected spec; a folder with artifacts still refuses a different spec."""
     spec = DatasetSpec.model_validate(tiny_spec_dict())
     changed = DatasetSpec.model_validate({**spec.model_dump(), "imaging": {**spec.imaging.model_dump(), "dose": 50.0}})
-    d = pl._claim_stage_dir(spec, "images", "fp-broken", tmp_path)
-    assert pl._claim_stage_dir(changed, "images", "fp-fixed", tmp_path) == d
+    d = pl.claim_stage_dir(spec, "images", "fp-broken", tmp_path)
+    assert pl.claim_stage_dir(changed, "images", "fp-fixed", tmp_path) == d
     assert json.loads((d / "_fingerprint.json").read_text())["fingerprint"] == "fp-fixed"
     (d / "images-00000.npz").write_bytes(b"x")
     with pytest.raises(InputError, match="built from a different spec"):
-        pl._claim_stage_dir(spec, "images", "fp-other", tmp_path)
+        pl.claim_stage_dir(spec, "images", "fp-other", tmp_path)
 

@@ -166,7 +166,7 @@ def test_segment_folder_writes_mask_and_csv_per_image(tmp_path, monkeypatch):
     write_folder(real, [("a", 0.5, 20, 20), ("b", 0.25, 20, 25), ("c", 0.5, 10, 10)], manifest=False)
     (tmp_path / "px.csv").write_text("name,pixel_size_angstrom\na.png,0.5\nb,0.25\nc,0.5\n")
     # the U-Net above is untrained: swap in the threshold model so the masks are known
-    monkeypatch.setattr("models.hub.from_pretrained", lambda ref, **kw: ThresholdModel(0.5))
+    monkeypatch.setattr("models.inference.from_pretrained", lambda ref, **kw: ThresholdModel(0.5))
     rc, out, err = run_cli(["segment", real, "--model", tmp_path / "m", "--out", tmp_path / "seg",
                             "--pixel-sizes", tmp_path / "px.csv", "--device", "cpu", "--quiet"])
     assert rc == 0, err

@@ -413,12 +413,13 @@ def test_stage_shard_lock_makes_a_second_writer_wait(tmp_path):
         holder.kill()
         holder.wait()
     assert waited >= hold - 1.0, waited
-    assert stats["computed"] + stats["reused"] == stats["structures"] == len(pl._shard_of(spec, 0))
-    assert all(pl.structure_path(spec, i, root).is_file() for i in pl._shard_of(spec, 0))
+    assert stats["computed"] + stats["reused"] == stats["structures"] == len(pl.shard_indices(spec, 0))
+    assert all(pl.structure_path(spec, i, root).is_file() for i in pl.shard_indices(spec, 0))
 
 
 def test_publish_model_keeps_a_users_file_in_dir_model(tmp_path):
     from hrtem_dataset import pipeline as pl
+    from models.stage import publish_model
 
     spec, root = _demo_spec(), tmp_path / "ws"
     model = pl.config_dir(spec, root) / "model"
@@ -429,7 +430,7 @@ def test_publish_model_keeps_a_users_file_in_dir_model(tmp_path):
     dest.mkdir(parents=True)
     (dest / "my-notes.txt").write_text("mine\n")
     (dest / "config.json").write_text("old\n")
-    pl.publish_model(spec, root, dest)
+    publish_model(spec, root, dest)
     assert (dest / "my-notes.txt").read_text() == "mine\n"
     assert (dest / "config.json").read_text() == '{"x": 1}\n' and (dest / "model.safetensors").read_bytes() == b"weights"
 

@@ -65,7 +65,7 @@ def check_command(
 ) -> None:
     """Check that no structure id appears in two splits; one JSON line per configuration, exit 2 on a leak."""
     from ..dataset.card import read_configs
-    from ..dataset.writer import check_no_leakage
+    from ..dataset.checks import check_no_leakage
     from ..errors import InputError
 
     known = [spec.config_name for spec, _ in read_configs(folder)]

@@ -16,12 +16,13 @@ any network call. A dry run needs neither: it lists exactly the files that would
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..settings import get_settings
+from .card import hub_tag, read_configs
 
 IGNORE_PATTERNS = [".*", "*/.*", "*.tmp", "checkpoints/*", "*.pt"]  # never training checkpoints (pickles)
 """Never uploaded: hidden files/directories at any depth and temporaries (fnmatch, ``*`` crosses ``/``)."""
@@ -43,16 +44,11 @@ class PublishResult:
     card: str | None = None  # README.md as uploaded: load snippets name repo_id
 
 
-def _is_true(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, now or at import of the hub."""
     from huggingface_hub import constants
 
-    env = _is_true(os.environ.get("HF_HUB_OFFLINE")) or _is_true(os.environ.get("TRANSFORMERS_OFFLINE"))
-    return env or bool(constants.HF_HUB_OFFLINE)
+    return get_settings().offline or bool(constants.HF_HUB_OFFLINE)
 
 
 def upload_files(folder: str | Path) -> list[str]:
@@ -81,7 +77,6 @@ def detect_repo_type(folder: str | Path) -> str:
 
 def folder_version(folder: str | Path, repo_type: str) -> str | None:
     """Semantic version of a folder: its dataset specs, or ``version`` in a model's config.json."""
-    from .card import read_configs
 
     folder = Path(folder)
     if repo_type == "dataset":
@@ -113,8 +108,8 @@ def resolve_token(token: str | None = None) -> str | None:
     """``token``, else ``$HF_TOKEN``, else the login cache (``huggingface_hub.get_token``)."""
     if token:
         return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
+    if get_settings().hf_token:
+        return get_settings().hf_token
     from huggingface_hub import get_token
 
     return get_token()
@@ -136,7 +131,6 @@ def publish(folder: str | Path, repo_id: str, revision: str | None = None, dry_r
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from .card import hub_tag
 
     folder = Path(folder)
     if revision is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}", revision):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,10 +36,19 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..errors import InputError
-from ..io import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
+from ..io import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text, make_public
 from ..specs import DatasetSpec, load_spec
+from .card import render_preview, write_dataset_card
 from .features import SPLITS, column_docs, exit_wave_features, image_features
+from .rows import (
+    _check_columns,
+    _RowContext,
+    encode_batch,
+    prepare_exit_wave_row,
+    prepare_image_row,
+)
 
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024**2
 """Upper bound of one shard in uncompressed Arrow bytes (``push_to_hub``'s default ``max_shard_size``)."""
@@ -50,14 +58,6 @@ MAX_ROW_GROUP_ROWS = 100
 STAGING_BATCH_ROWS = 8
 PREVIEW_SAMPLES = 4
 
-_FILLED_BY_WRITER = ("package_version", "spec_hash", "dataset_version", "config_name")
-
-
-def _world_readable(path: Path) -> None:
-    """Atomic writes create owner-only temporaries (mkstemp/mkdtemp); published files are 0644/0755."""
-    os.chmod(path, 0o755 if path.is_dir() else 0o644)
-
-
 def version_dir(root: str | Path, spec: DatasetSpec) -> Path:
     """Local folder of one dataset version: ``<root>/<name>/<version>/`` (versions side by side)."""
     return Path(root) / spec.name / spec.version
@@ -65,311 +65,6 @@ def version_dir(root: str | Path, spec: DatasetSpec) -> Path:
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
-
-
-# --------------------------------------------------------------------------------------------------
-# Row validation and normalisation
-# --------------------------------------------------------------------------------------------------
-
-
-def contrast_stretch(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """8-bit copy of ``image``: the ``low``–``high`` percentile range mapped linearly onto 0–255."""
-    a = np.asarray(image, dtype=np.float64)
-    lo, hi = np.percentile(a, [low, high])
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.round(np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes (mode ``L``) of a 2-D uint8 array; rows = first axis. Deterministic (no metadata)."""
-    from PIL import Image
-
-    buf = BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite_or_null(obj: Any) -> Any:
-    """Recursively replace NaN/inf floats by None (strict JSON has no NaN; viewers reject it)."""
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _finite_or_null(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_null(v) for v in obj]
-    return obj
-
-
-def to_json(value: Any, where: str) -> str:
-    """Canonical JSON text (sorted keys, NaN -> null) of ``value``; a string must already be valid JSON."""
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            raise InputError(f"{where}: not valid JSON") from None
-        return value
-    try:
-        return json.dumps(_finite_or_null(value), sort_keys=True, separators=(",", ":"), default=_json_default,
-                          allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: cannot serialise to JSON ({exc})") from None
-
-
-class _RowContext:
-    def __init__(self, split: str, index: int, row: Mapping):
-        self.split, self.index, self.row = split, index, row
-        sid = row.get("sample_id") if isinstance(row, Mapping) else None
-        self.where = f"split {split!r} row {index}" + (f" (sample_id {sid!r})" if sid is not None else "")
-
-    def err(self, column: str, msg: str) -> InputError:
-        return InputError(f"{self.where}: column {column!r}: {msg}")
-
-    def get(self, column: str, default: Any = ..., *, conditions: bool = False) -> Any:
-        if column in self.row:
-            return self.row[column]
-        if conditions and isinstance(self.row.get("conditions"), Mapping) and column in self.row["conditions"]:
-            return self.row["conditions"][column]
-        if default is ...:
-            raise InputError(f"{self.where}: missing column {column!r}")
-        return default
-
-    def array(self, column: str, ndim: int, kinds: str, dtype, value: Any = ...) -> np.ndarray:
-        value = self.get(column) if value is ... else value
-        try:
-            a = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001 - anything that is not array-like
-            raise self.err(column, f"not an array ({exc})") from None
-        if a.ndim != ndim:
-            raise self.err(column, f"expected a {ndim}-D array, got shape {a.shape}")
-        if a.dtype.kind not in kinds:
-            raise self.err(column, f"unsupported dtype {a.dtype}")
-        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
-            raise self.err(column, "contains NaN or inf")
-        return np.ascontiguousarray(a, dtype=dtype)
-
-    def number(self, column: str, kind: type, default: Any = ..., *, nullable: bool = False,
-               conditions: bool = False) -> Any:
-        value = self.get(column, default, conditions=conditions)
-        if value is None:
-            if nullable:
-                return None
-            raise self.err(column, "must not be null")
-        if isinstance(value, np.ndarray) and value.ndim == 0:
-            value = value.item()
-        try:
-            out = kind(value)
-        except (TypeError, ValueError):
-            raise self.err(column, f"expected a number, got {value!r}") from None
-        if kind is float and not math.isfinite(out):
-            raise self.err(column, "must be finite")
-        return out
-
-    def text(self, column: str, default: Any = ...) -> str:
-        value = self.get(column, default)
-        if not isinstance(value, str) or not value:
-            raise self.err(column, f"expected a non-empty string, got {value!r}")
-        return value
-
-
-def _check_columns(ctx: _RowContext, known: set[str]) -> None:
-    """Unknown keys are errors (a typo must not silently drop lineage); ``split`` must match."""
-    unknown = sorted(str(k) for k in ctx.row if k not in known)
-    if unknown:
-        raise InputError(f"{ctx.where}: unknown column {unknown[0]!r} (put extra lineage into 'conditions' or "
-                         "'structure')")
-    if "split" in ctx.row and ctx.row["split"] != ctx.split:
-        raise ctx.err("split", f"row says {ctx.row['split']!r} but was given in split {ctx.split!r}")
-
-
-def _mask(ctx: _RowContext, shape: tuple[int, ...]) -> np.ndarray:
-    m = ctx.array("mask", 2, "biuf", np.float64)
-    if m.shape != shape:
-        raise ctx.err("mask", f"shape {m.shape} differs from {shape}")
-    if not np.all((m == 0) | (m == 1)):
-        raise ctx.err("mask", "class indices must be 0 (background) or 1 (particle)")
-    return m.astype(np.uint8)
-
-
-def _instances(ctx: _RowContext, shape: tuple[int, ...]) -> np.ndarray:
-    inst = ctx.array("instances", 2, "biu", np.int64)
-    if inst.shape != shape:
-        raise ctx.err("instances", f"shape {inst.shape} differs from {shape}")
-    if inst.size and (inst.min() < 0 or inst.max() > np.iinfo(np.int32).max):
-        raise ctx.err("instances", "ids must be >= 0 and fit in int32")
-    return inst.astype(np.int32)
-
-
-def _preview(ctx: _RowContext, source: np.ndarray, shape: tuple[int, ...]) -> bytes:
-    if ctx.row.get("preview") is None:
-        return encode_png(contrast_stretch(source))
-    p = ctx.array("preview", 2, "u", np.uint8)
-    if p.shape != shape:
-        raise ctx.err("preview", f"shape {p.shape} differs from {shape}")
-    return encode_png(p)
-
-
-def _structure_columns(ctx: _RowContext) -> dict:
-    structure = ctx.get("structure")
-    if not isinstance(structure, str | Mapping):
-        raise ctx.err("structure", "expected a dict or a JSON string")
-    sdict = json.loads(structure) if isinstance(structure, str) else structure
-    particles = ctx.get("particles", sdict.get("particles") if isinstance(sdict, Mapping) else ...)
-    plist = json.loads(particles) if isinstance(particles, str) else particles
-    if not isinstance(plist, list):
-        raise ctx.err("particles", "expected a list of per-particle dicts (or its JSON)")
-    default_materials = ...
-    for candidates in (plist, sdict.get("particles") if isinstance(sdict, Mapping) else None):
-        if isinstance(candidates, list) and all(isinstance(p, Mapping) and "material" in p for p in candidates):
-            default_materials = [str(p["material"]) for p in candidates]
-            break
-    materials = ctx.get("materials", default_materials)
-    if isinstance(materials, str) or not all(isinstance(m, str) for m in materials):
-        raise ctx.err("materials", "expected a list of strings")
-    sub = sdict.get("substrate") if isinstance(sdict, Mapping) else None
-    substrate = ctx.get("substrate_thickness", sub.get("thickness") if isinstance(sub, Mapping) else None)
-    return {
-        "n_particles": ctx.number("n_particles", int, len(plist)),
-        "materials": [str(m) for m in materials],
-        "substrate_thickness": None if substrate is None else ctx.number("substrate_thickness", float, substrate),
-        "structure": to_json(structure, f"{ctx.where}: column 'structure'"),
-        "particles": to_json(particles, f"{ctx.where}: column 'particles'"),
-    }
-
-
-def _common_lineage(ctx: _RowContext, spec: DatasetSpec, lineage: dict) -> dict:
-    sampling = ctx.get("sampling", spec.simulation.sampling)
-    s = np.atleast_1d(np.asarray(sampling, dtype=np.float64))
-    if s.shape not in ((1,), (2,)) or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ctx.err("sampling", f"expected a positive number or (sx, sy), got {sampling!r}")
-    out = {
-        "sample_id": ctx.text("sample_id"),
-        "structure_id": ctx.text("structure_id"),
-        "seed": ctx.number("seed", int),
-        "pixel_size": ctx.number("pixel_size", float, conditions=True),
-        "zero_defocus": ctx.number("zero_defocus", float, conditions=True),
-        **_structure_columns(ctx),
-        "energy": ctx.number("energy", float, spec.simulation.energy),
-        "sampling": [float(s[0]), float(s[-1])],
-        "phonons": ctx.number("phonons", int, spec.simulation.phonons),
-        "engine": ctx.text("engine", spec.simulation.engine),
-        "engine_version": ctx.text("engine_version"),
-    }
-    if not -(2**63) <= out["seed"] < 2**63:
-        raise ctx.err("seed", "must fit in int64")
-    if out["pixel_size"] <= 0:
-        raise ctx.err("pixel_size", "must be > 0")
-    for col in _FILLED_BY_WRITER:
-        if col in ctx.row and str(ctx.row[col]) != lineage[col]:
-            raise ctx.err(col, f"{ctx.row[col]!r} does not match the spec ({lineage[col]!r})")
-    out.update(lineage)
-    return out
-
-
-def prepare_image_row(ctx: _RowContext, spec: DatasetSpec, lineage: dict) -> dict:
-    """Validate one ``images`` row; numpy arrays and plain values in schema order."""
-    image = ctx.array("image", 2, "fiu", np.float32)
-    shape = image.shape
-    mask = _mask(ctx, shape)
-    row = {
-        "image": image,
-        "mask": encode_png(mask),
-        "instances": _instances(ctx, shape),
-        "preview": _preview(ctx, image, shape),
-    }
-    lin = _common_lineage(ctx, spec, lineage)
-    conditions = ctx.row.get("conditions")
-    imaging = {
-        "defocus": ctx.number("defocus", float, conditions=True),
-        "Cs": ctx.number("Cs", float, conditions=True),
-        "dose": ctx.number("dose", float, nullable=True, conditions=True),
-        "focal_spread": ctx.number("focal_spread", float, conditions=True),
-        "angular_spread": ctx.number("angular_spread", float, conditions=True),
-        "aberrations": to_json(ctx.get("aberrations", {}, conditions=True), f"{ctx.where}: column 'aberrations'"),
-    }
-    if conditions is None:
-        conditions = {k: (json.loads(v) if k == "aberrations" else v) for k, v in imaging.items()}
-        conditions["pixel_size"] = lin["pixel_size"]
-    imaging["conditions"] = to_json(conditions, f"{ctx.where}: column 'conditions'")
-    row.update(lin)
-    row.update(imaging)
-    return row
-
-
-def prepare_exit_wave_row(ctx: _RowContext, spec: DatasetSpec, lineage: dict) -> dict:
-    """Validate one ``exit_waves`` row (``waves`` complex (P, nx, ny) or ``waves_real``/``waves_imag``)."""
-    if "waves" in ctx.row:
-        w = np.asarray(ctx.row["waves"])
-        if w.ndim == 2:
-            w = w[None]
-        w = ctx.array("waves", 3, "fc", np.complex64, value=w)
-        real, imag = np.ascontiguousarray(w.real), np.ascontiguousarray(w.imag)
-    else:
-        real = ctx.array("waves_real", 3, "f", np.float32)
-        imag = ctx.array("waves_imag", 3, "f", np.float32)
-        if real.shape != imag.shape:
-            raise ctx.err("waves_imag", f"shape {imag.shape} differs from waves_real {real.shape}")
-    mask = _mask(ctx, np.asarray(ctx.get("mask")).shape)
-    phase = np.angle(real[0] + 1j * imag[0])
-    row = {
-        "waves_real": real.astype(np.float32, copy=False),
-        "waves_imag": imag.astype(np.float32, copy=False),
-        "mask": encode_png(mask),
-        "instances": _instances(ctx, mask.shape),
-        "preview": _preview(ctx, phase, phase.shape),
-    }
-    row.update(_common_lineage(ctx, spec, lineage))
-    return row
-
-
-# --------------------------------------------------------------------------------------------------
-# Arrow encoding
-# --------------------------------------------------------------------------------------------------
-
-
-def _array_storage(arrays: list[np.ndarray], storage_type):
-    """Nested list storage of ``datasets`` ArrayXD from equally shaped numpy arrays, without Python loops."""
-    import pyarrow as pa
-
-    stacked = np.stack(arrays)
-    values = pa.array(stacked.reshape(-1))
-    for axis in range(stacked.ndim - 1, 0, -1):
-        n_lists = int(np.prod(stacked.shape[:axis]))
-        offsets = pa.array(np.arange(n_lists + 1, dtype=np.int64) * stacked.shape[axis], type=pa.int32())
-        values = pa.ListArray.from_arrays(offsets, values)
-    return values.cast(storage_type) if values.type != storage_type else values
-
-
-def encode_batch(rows: list[dict], features):
-    """A ``pyarrow.RecordBatch`` with ``features.arrow_schema`` from prepared rows."""
-    import pyarrow as pa
-    from datasets import Image
-
-    schema = features.arrow_schema
-    columns = []
-    for fld in schema:
-        values = [r[fld.name] for r in rows]
-        feat = features[fld.name]
-        if isinstance(fld.type, pa.ExtensionType):
-            storage = _array_storage(values, fld.type.storage_type)
-            columns.append(pa.ExtensionArray.from_storage(fld.type, storage))
-        elif isinstance(feat, Image):
-            columns.append(pa.array([{"bytes": v, "path": None} for v in values], type=fld.type))
-        else:
-            columns.append(pa.array(values, type=fld.type))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -558,7 +253,6 @@ def write_dataset_config(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .. import __version__
 
     if not isinstance(spec, DatasetSpec):
         raise InputError(f"spec: expected a DatasetSpec, got {type(spec).__name__}")
@@ -597,7 +291,7 @@ def write_dataset_config(
             raise InputError(f"rows_by_split: no rows for configuration {config!r}")
 
         with atomic_dir(out_dir / "data" / config) as tmp_data:
-            _world_readable(tmp_data)
+            make_public(tmp_data)
             for split, stage in stages.items():
                 if stage.rows == 0:
                     continue
@@ -616,7 +310,6 @@ def write_dataset_config(
 
     import yaml
 
-    from .card import render_preview, write_dataset_card
 
     with atomic_path(out_dir / "assets" / f"preview-{config}.png") as tmp:
         render_preview(preview_rows, spec, tmp)
@@ -634,64 +327,7 @@ def write_dataset_config(
     if card:
         written.append(write_dataset_card(out_dir))
     for path in written:
-        _world_readable(path)
+        make_public(path)
     return out_dir
 
 
-# --------------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LeakageReport:
-    """Outcome of :func:`check_no_leakage`: ``passed`` is False when a structure is in two splits."""
-
-    passed: bool
-    structures: dict[str, int]
-    shared: dict[str, list[str]]
-
-    @property
-    def description(self) -> str:
-        if self.passed:
-            counts = ", ".join(f"{s}: {n}" for s, n in self.structures.items())
-            return f"no structure in two splits ({counts} structures)"
-        pairs = "; ".join(f"{k}: {', '.join(v[:5])}" for k, v in self.shared.items())
-        return f"structures shared between splits: {pairs}"
-
-
-def split_files(folder: str | Path, config: str) -> dict[str, list[Path]]:
-    """Parquet shards of each split of ``config`` in a dataset folder."""
-    data = Path(folder) / "data" / config
-    if not data.is_dir():
-        raise InputError(f"{data}: no such configuration directory")
-    out = {}
-    for split in SPLITS:
-        files = sorted(data.glob(f"{split}-*-of-*.parquet"))
-        if files:
-            out[split] = files
-    return out
-
-
-def check_no_leakage(folder: str | Path, config: str) -> LeakageReport:
-    """Read ``structure_id`` of every split of ``config`` and report structures found in two splits."""
-    import pyarrow.parquet as pq
-
-    ids: dict[str, set[str]] = {}
-    for split, files in split_files(folder, config).items():
-        ids[split] = set()
-        for f in files:
-            try:
-                table = pq.read_table(f, columns=["structure_id"])
-            except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-                raise InputError(f"{f}: not a readable parquet file with a structure_id column "
-                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-            ids[split].update(table.column("structure_id").to_pylist())
-    shared = {}
-    names = list(ids)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            common = sorted(ids[a] & ids[b])
-            if common:
-                shared[f"{a}/{b}"] = common
-    return LeakageReport(passed=not shared, structures={s: len(v) for s, v in ids.items()}, shared=shared)

@@ -5,6 +5,7 @@ numpy-level API. Conventions: defocus = −C10 (> 0 underfocus), lengths in Å, 
 (aperture, angular spread) and rad (aberration angles), dose in e/Å²; arrays indexed [x, y].
 """
 
+from ..spectra import fourier_crop_complex
 from .aberrations import (
     POLAR_ALIASES,
     POLAR_SYMBOLS,
@@ -19,7 +20,7 @@ from .conditions import sample_imaging_conditions
 from .ctf import aperture, spatial_envelope, temporal_envelope, transfer_function
 from .detector import MTF_DEFAULTS, apply_dose, apply_mtf, mtf_rfft, poisson_counts
 from .image import conditions_to_tensors, image_batch, image_intensity, render_image
-from .resample import fourier_crop, fourier_crop_complex, resample, resampled_sampling, resampled_shape
+from .resample import fourier_crop, resample, resampled_sampling, resampled_shape
 
 __all__ = [
     "MTF_DEFAULTS",

@@ -29,16 +29,6 @@ def as_pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
     return pair  # type: ignore[return-value]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: CUDA requested but not available")
-    return dev
-
-
 def complex_tensor(waves, device: torch.device | None = None) -> torch.Tensor:
     """numpy/torch complex array -> complex64 tensor on ``device``."""
     t = waves if isinstance(waves, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(waves))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..simulation.physics import wavelength
 
 #: All polar coefficients, in abTEM's order.
 POLAR_SYMBOLS: tuple[str, ...] = (
@@ -211,13 +212,11 @@ def chi_gradient(
 
 def scherzer_defocus(Cs: float, energy: float) -> float:
     """Scherzer defocus √(3/2 · Cs · λ) [Å] (defocus convention, > 0 = underfocus, for Cs > 0)."""
-    from ..simulation.physics import wavelength
 
     return math.copysign(math.sqrt(1.5 * abs(Cs) * wavelength(energy)), Cs)
 
 
 def point_resolution(Cs: float, energy: float) -> float:
     """Scherzer point resolution (λ³ Cs / 6)^¼ [Å]."""
-    from ..simulation.physics import wavelength
 
     return (wavelength(energy) ** 3 * abs(Cs) / 6) ** 0.25

@@ -38,9 +38,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
-from ._common import as_pair, phonon_stack, resolve_device
+from ._common import as_pair, phonon_stack
 from .aberrations import polar_grid
 
 

@@ -25,27 +25,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..specs import MTF_DEFAULTS, validate_mtf
 from ._common import as_pair
 
-MTF_DEFAULTS: dict[str, float] = {"floor": 0.0, "half_width": 0.5, "power": 2.0}
-
-
-def validate_mtf(params: Mapping[str, float] | None) -> dict[str, float] | None:
-    """Complete ``params`` with defaults; ``None``/empty -> ``None`` (perfect detector)."""
-    if not params:
-        return None
-    unknown = set(params) - set(MTF_DEFAULTS)
-    if unknown:
-        raise InputError(f"mtf: unknown parameter(s) {sorted(unknown)} (expected {sorted(MTF_DEFAULTS)})")
-    p = {**MTF_DEFAULTS, **{k: float(v) for k, v in params.items()}}
-    if not 0.0 <= p["floor"] < 1.0:
-        raise InputError(f"mtf.floor: must be in [0, 1), got {p['floor']}")
-    if not (p["half_width"] > 0 and math.isfinite(p["half_width"])):
-        raise InputError(f"mtf.half_width: must be > 0, got {p['half_width']}")
-    if not (p["power"] > 0 and math.isfinite(p["power"])):
-        raise InputError(f"mtf.power: must be > 0, got {p['power']}")
-    return p
-
+__all__ = ["MTF_DEFAULTS", "apply_dose", "apply_mtf", "mtf_rfft", "poisson_counts", "validate_mtf"]
 
 def mtf_rfft(shape: tuple[int, int], params: Mapping[str, float], device="cpu") -> torch.Tensor:
     """MTF sampled on the ``rfft2`` grid of an image of ``shape``: float32 (m_x, m_y//2+1)."""

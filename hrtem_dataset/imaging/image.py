@@ -23,12 +23,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import InputError
-from ._common import as_pair, complex_tensor, phonon_stack, resolve_device
+from ..spectra import crop_spectrum
+from ._common import as_pair, complex_tensor, phonon_stack
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
 from .detector import mtf_rfft, poisson_counts, validate_mtf
-from .resample import crop_spectrum, interpolate, resampled_sampling, resampled_shape
+from .resample import interpolate, resampled_sampling, resampled_shape
 
 _SCALAR_KEYS = ("semiangle_cutoff", "focal_spread", "angular_spread", "dose", "read_noise")
 

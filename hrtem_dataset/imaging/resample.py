@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..spectra import crop_spectrum
 from ._common import as_pair
 
 
@@ -40,33 +41,6 @@ def resampled_sampling(
     return tuple(n * si / mi for n, si, mi in zip(shape[-2:], s, m, strict=True))  # type: ignore[return-value]
 
 
-def _crop_rows(spec: torch.Tensor, m: int) -> torch.Tensor:
-    """Keep the m lowest frequencies along dim −2 of an (unshifted) FFT axis: 0..⌈m/2⌉−1 and −⌊m/2⌋..−1
-    (zero-padding when m exceeds the input length)."""
-    n = spec.shape[-2]
-    pos = (m + 1) // 2
-    neg = m // 2
-    if m <= n:
-        return torch.cat([spec[..., :pos, :], spec[..., n - neg :, :]], dim=-2)
-    out = spec.new_zeros((*spec.shape[:-2], m, spec.shape[-1]))
-    npos, nneg = (n + 1) // 2, n // 2
-    out[..., :npos, :] = spec[..., :npos, :]
-    out[..., m - nneg :, :] = spec[..., n - nneg :, :]
-    return out
-
-
-def crop_spectrum(spec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Crop (or zero-pad) a real image's ``rfft2`` spectrum (…, n_x, n_y//2+1) to ``shape`` (m_x, m_y)."""
-    mx, my = shape
-    out = _crop_rows(spec, mx)
-    cols = my // 2 + 1
-    if cols <= out.shape[-1]:
-        return out[..., :cols]
-    pad = out.new_zeros((*out.shape[:-1], cols))
-    pad[..., : out.shape[-1]] = out
-    return pad
-
-
 def fourier_crop(image, shape: Sequence[int]):
     """Band-limit and resample a real periodic image (…, n_x, n_y) to ``shape`` (m_x, m_y).
 
@@ -85,16 +59,6 @@ def fourier_crop(image, shape: Sequence[int]):
     spec = torch.fft.rfft2(t.to(torch.float32))
     out = torch.fft.irfft2(crop_spectrum(spec, m), s=m) * (m[0] * m[1] / (n[0] * n[1]))
     return out.numpy() if is_numpy else out
-
-
-def fourier_crop_complex(waves: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Band-limit and resample complex waves (…, n_x, n_y) to ``shape``; keeps the mean (vacuum = 1)."""
-    m = (int(shape[-2]), int(shape[-1]))
-    n = waves.shape[-2:]
-    spec = torch.fft.fft2(waves)
-    spec = _crop_rows(spec, m[0]).transpose(-1, -2)
-    spec = _crop_rows(spec, m[1]).transpose(-1, -2)
-    return torch.fft.ifft2(spec) * (m[0] * m[1] / (n[0] * n[1]))
 
 
 def resample(image, sampling: float | Sequence[float], pixel_size: float | Sequence[float]):

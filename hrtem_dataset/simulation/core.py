@@ -13,10 +13,14 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from pydantic import ValidationError
 
-from ..errors import InputError
+from .. import __version__
+from ..device import resolve_device
+from ..errors import InputError, format_validation_error
+from ..specs import SimulationSpec
 from .phonons import displaced_positions
-from .potentials import PARAMETRIZATIONS
+from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
 
 ENGINES = ("torch", "abtem", "prismatic")
 
@@ -37,18 +41,17 @@ def _check_atoms(atoms: Any, what: str = "atoms") -> np.ndarray:
 
 def _check_settings(energy: float, sampling: float, slice_thickness: float, parametrization: str,
                     engine: str, phonons: int) -> None:
-    if engine not in ENGINES:
-        raise InputError(f"engine: unknown {engine!r} (choose from {', '.join(ENGINES)})")
-    if parametrization not in PARAMETRIZATIONS:
-        raise InputError(f"parametrization: unknown {parametrization!r} (choose from {', '.join(PARAMETRIZATIONS)})")
-    if not (np.isfinite(energy) and energy >= 1e3):
-        raise InputError(f"energy: must be >= 1000 eV, got {energy}")
-    if not (np.isfinite(sampling) and 0 < sampling <= 5.0):
-        raise InputError(f"sampling: must be in (0, 5] Å, got {sampling}")
-    if not (np.isfinite(slice_thickness) and slice_thickness > 0):
-        raise InputError(f"slice_thickness: must be > 0 Å, got {slice_thickness}")
-    if int(phonons) != phonons or phonons < 0:
-        raise InputError(f"phonons: must be an integer >= 0, got {phonons}")
+    """The bounds of :class:`~hrtem_dataset.specs.SimulationSpec` (one place for them), for callers of the
+    function API that pass plain numbers; :class:`InputError` naming the field."""
+    if isinstance(phonons, float | np.floating) and float(phonons).is_integer():
+        phonons = int(phonons)
+    elif isinstance(phonons, np.integer):
+        phonons = int(phonons)
+    try:
+        SimulationSpec(energy=float(energy), sampling=float(sampling), slice_thickness=float(slice_thickness),
+                       parametrization=parametrization, engine=engine, phonons=phonons)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc)) from None
 
 
 def _configurations(atoms: Atoms, phonons: int, seed: int, rms) -> np.ndarray:
@@ -63,7 +66,6 @@ def engine_version(engine: str) -> str:
     if engine == "torch":
         import torch
 
-        from .. import __version__
 
         return f"hrtem_dataset-{__version__}+torch-{torch.__version__}"
     if engine == "abtem":
@@ -102,7 +104,6 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
 
     results: list[np.ndarray | None] = [None] * len(items)
     if engine == "torch":
-        from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
 
         groups: dict[tuple, list[int]] = {}
         for i, cell in enumerate(cells):
@@ -165,7 +166,6 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
     ``sampling`` (Δx, Δy) Å, ``energy`` eV, ``engine``, ``engine_version``, ``gpts``, and the settings.
     With the torch engine both passes run as one batch.
     """
-    from .torch_engine import resolve_device
 
     cell = _check_atoms(atoms)
     device = str(resolve_device(spec.device)) if spec.engine == "torch" else (
@@ -174,8 +174,6 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
     kwargs = dict(energy=spec.energy, sampling=spec.sampling, slice_thickness=spec.slice_thickness,
                   parametrization=spec.parametrization, engine=spec.engine, device=device, rms=rms)
     if spec.engine == "torch":
-        from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
-
         _check_settings(spec.energy, spec.sampling, spec.slice_thickness, spec.parametrization, "torch",
                         spec.phonons)
         configs = _configurations(atoms, spec.phonons, seed, rms)

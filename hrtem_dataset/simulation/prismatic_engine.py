@@ -47,12 +47,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from ..errors import InputError
 from ..limits import check_memory
+from ..spectra import fourier_crop_complex
+from ..structures.exporters import write_prismatic_xyz
 from .physics import wavelength
-from .torch_engine import Grid, slicing
+from .torch_engine import Grid, antialias_aperture, slicing
 
 HRTEM_GROUP = "4DSTEM_simulation/data/realslices"
 _FP_RE = re.compile(r"^HRTEM_fp(\d{4})$")
@@ -221,44 +224,22 @@ def prismatic_c1(defocus: float, thickness: float, overshoot: float = 0.0) -> fl
 
 def band_limit(waves: np.ndarray, grid: Grid) -> np.ndarray:
     """``waves`` on ``grid`` times the torch engine's antialias aperture (2/3 of the Nyquist frequency)."""
-    from .torch_engine import antialias_aperture
 
     return np.fft.ifft2(np.fft.fft2(waves) * antialias_aperture(grid)).astype(np.complex64)
 
 
 def fourier_resample(waves: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
-    """Crop or zero-pad the centred spectrum to ``gpts`` (same field of view), keeping the mean value."""
-    nx, ny = waves.shape[-2:]
-    mx, my = gpts
-    if (nx, ny) == (mx, my):
+    """Crop or zero-pad the centred spectrum to ``gpts`` (same field of view), keeping the mean value
+    (:func:`hrtem_dataset.spectra.fourier_crop_complex` in double precision)."""
+    if tuple(waves.shape[-2:]) == tuple(gpts):
         return waves.astype(np.complex64)
-    spec = np.fft.fft2(waves)
-    out = np.zeros(waves.shape[:-2] + (mx, my), dtype=np.complex128)
-    fx_old, fx_new = np.round(np.fft.fftfreq(nx) * nx).astype(int), np.round(np.fft.fftfreq(mx) * mx).astype(int)
-    fy_old, fy_new = np.round(np.fft.fftfreq(ny) * ny).astype(int), np.round(np.fft.fftfreq(my) * my).astype(int)
-    cx, ix_old, ix_new = np.intersect1d(fx_old, fx_new, return_indices=True)
-    cy, iy_old, iy_new = np.intersect1d(fy_old, fy_new, return_indices=True)
-    out[..., ix_new[:, None], iy_new[None, :]] = spec[..., ix_old[:, None], iy_old[None, :]]
-    out = np.fft.ifft2(out) * (mx * my) / (nx * ny)
-    return out.astype(np.complex64)
+    out = fourier_crop_complex(torch.from_numpy(np.asarray(waves, dtype=np.complex128)), gpts)
+    return out.numpy().astype(np.complex64)
 
 
 def _write_xyz(atoms: Atoms, path: Path) -> None:
-    try:
-        from ..structures import write_prismatic_xyz
-    except ImportError:  # pragma: no cover - structures module absent
-        write_prismatic_xyz = None
-    if write_prismatic_xyz is not None:
-        write_prismatic_xyz(atoms, path, thermal_sigma={s: 0.0 for s in set(atoms.get_chemical_symbols())})
-        return
-    lx, ly, lz = atoms.cell.lengths()  # pragma: no cover
-    pos = np.mod(atoms.positions, [lx, ly, lz])  # pragma: no cover
-    with open(path, "w") as fh:  # pragma: no cover
-        fh.write("hrtem-dataset\n")
-        fh.write(f"    {lx:.6f} {ly:.6f} {lz:.6f}\n")
-        for z, (x, y, zz) in zip(atoms.numbers, pos, strict=True):
-            fh.write(f"{z:d} {x:.6f} {y:.6f} {zz:.6f} 1.0 0.0\n")
-        fh.write("-1\n")
+    """Prismatic's XYZ input; static atoms (thermal_sigma 0: the frozen phonons are drawn by us)."""
+    write_prismatic_xyz(atoms, path, thermal_sigma={s: 0.0 for s in set(atoms.get_chemical_symbols())})
 
 
 @contextlib.contextmanager

@@ -31,6 +31,9 @@ Physics and conventions:
   duration of the call) while the main thread propagates — single-threaded streams use 2 cores
   better than multi-threaded FFTs of one 1280² array. Results are deterministic for given inputs and
   settings (CPU; CUDA scatter-adds use atomics, identical only to float rounding).
+
+Size: over 400 lines because the multislice kernel (gridding, structure factors, propagator, slicing,
+batching under a memory bound) is one numerical algorithm whose parts share private tables.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import InputError
 from ..limits import check_memory
 from .physics import interaction_parameter, wavelength
@@ -83,19 +87,6 @@ def slicing(thickness: float, slice_thickness: float) -> tuple[int, float]:
     """Number of slices ``ceil(L_z / Δz)`` and their equal thickness (Å), as abTEM."""
     n = max(1, int(np.ceil(float(thickness) / float(slice_thickness))))
     return n, float(thickness) / n
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"device: unknown {device!r} (cpu, cuda or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: cuda requested but no CUDA device is available")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------------

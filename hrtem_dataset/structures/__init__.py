@@ -4,7 +4,7 @@ Public interface: :func:`build_scene`, :func:`sample_scene_spec`, :func:`write_e
 :func:`read_extxyz`, :func:`write_prismatic_xyz`, :func:`particle_atoms`.
 """
 
-from .crystals import Crystal, get_crystal
+from ..crystals import Crystal, get_crystal
 from .exporters import read_extxyz, write_extxyz, write_prismatic_xyz
 from .particles import build_particle
 from .sampling import sample_scene, sample_scene_spec, scene_seed

@@ -19,9 +19,7 @@ from ase import Atoms
 
 from ..errors import InputError
 from ..io import atomic_path
-
-# Fallback RMS displacements (Å, one axis, room temperature, from Debye–Waller B: u = sqrt(B / 8π²)).
-_FALLBACK_RMS = {"C": 0.10, "Au": 0.0886, "Ag": 0.0966, "Cu": 0.0853, "Pt": 0.0737, "Pd": 0.0796, "Fe": 0.0600}
+from .thermal import default_rms_displacement
 
 
 def write_extxyz(atoms: Atoms, path) -> Path:
@@ -62,25 +60,16 @@ def read_extxyz(path) -> Atoms:
     return atoms
 
 
-def _default_rms(symbol: str) -> float:
-    try:
-        from ..simulation import default_rms_displacement
-
-        return float(default_rms_displacement(symbol))
-    except Exception:  # noqa: BLE001 - simulation module not available / unknown element
-        return _FALLBACK_RMS.get(symbol, 0.08)
-
-
 def write_prismatic_xyz(atoms: Atoms, path, thermal_sigma: dict[str, float] | None = None,
                         comment: str = "hrtem-dataset scene") -> Path:
     """Write the Prismatic XYZ format (see module docstring), atomically.
 
     ``thermal_sigma`` maps element symbols to RMS displacements (Å); missing elements use the simulation
-    module's Debye–Waller defaults (or a small built-in table).
+    project's Debye–Waller defaults (:mod:`.thermal`).
     """
     syms = atoms.get_chemical_symbols()
     uniq = sorted(set(syms))
-    table = {s: float((thermal_sigma or {}).get(s, _default_rms(s))) for s in uniq}
+    table = {s: float((thermal_sigma or {}).get(s, default_rms_displacement(s))) for s in uniq}
     sig = np.array([table[s] for s in syms])
     pos = atoms.get_positions()
     pos = np.mod(pos, atoms.cell.lengths())  # Prismatic expects atoms inside the cell

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from ..crystals import FCC_VARIANTS, fill_lattice, get_crystal, stacked_lattice
 from ..errors import InputError
-from .crystals import FCC_VARIANTS, get_crystal, stacked_lattice
 from .defects import choose_defect_layers, fcc_sequence, hcp_sequence
 from .shapes import mtp_shape_distance, mtp_template, select_by_shape, target_atoms, wulff_polyhedron
 
@@ -137,7 +137,6 @@ def build_particle(spec, rng: np.random.Generator, index: int = 0) -> tuple[np.n
                    layer_origin=-centre)
         direction = crystal.direction
     else:
-        from .crystals import fill_lattice
 
         pos, nums = fill_lattice(crystal, _bounding_radius(spec, crystal))
         keep, info = _cut(pos, spec, crystal, rng)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..crystals import get_crystal
 from ..seeding import derive_seed
 from ..seeding import rng as make_rng
 from ..specs import ParticleSpec, SceneSpec, StructureDistributionSpec, SubstrateSpec, sample_param
-from .crystals import get_crystal
 from .defects import max_defect_planes
-from .scene import place_particles
+from .scene import build_scene, place_particles
 from .shapes import mtp_shape_distance, mtp_template, target_atoms, wulff_polyhedron
 
 
@@ -96,7 +96,6 @@ def sample_scene_spec(dist: StructureDistributionSpec, seed: int) -> SceneSpec:
 
 def sample_scene(dist: StructureDistributionSpec, root_seed: int, index: int):
     """Scene ``index`` of a sampled set: returns (scene_seed, SceneSpec, n_dropped, atoms)."""
-    from .scene import build_scene
 
     s = scene_seed(root_seed, index)
     spec, dropped = _draw(dist, s)

@@ -18,6 +18,7 @@ from scipy.spatial import Delaunay, cKDTree
 
 from ..errors import InputError
 from ..seeding import rng as make_rng
+from ..specs import SceneSpec
 from .particles import build_particle
 from .substrate import amorphous_carbon, carbon_number_density
 
@@ -74,7 +75,6 @@ def build_scene(spec, seed: int) -> Atoms:
     Returns ASE ``Atoms`` with an orthorhombic cell, ``pbc=True``, per-atom int array ``particle_id``
     (-1 substrate, 0..n-1 particles) and ``info["scene"]`` (JSON-able dict of every concrete parameter).
     """
-    from ..specs import SceneSpec
 
     if not isinstance(spec, SceneSpec):
         spec = SceneSpec.model_validate(spec)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..crystals import Crystal
 from ..errors import InputError
-from .crystals import Crystal
 
 DEFAULT_SURFACE_ENERGIES = {
     "fcc": {"111": 1.0, "100": 1.15, "110": 1.25},

@@ -2,7 +2,7 @@
 
 Reuse rule: the pipeline keys its stage folders by ``config_name`` (``<root>/<name>/<version>/<config>``),
 and each variant of a study gets its own ``config_name`` (``<study>-<variant>``). Structures and exit
-waves do not depend on the name, only on their stage fingerprint (:func:`hrtem_dataset.pipeline.fingerprints`:
+waves do not depend on the name, only on their stage fingerprint (:func:`hrtem_dataset.workspace.fingerprints`:
 seed + structure distribution, + simulation settings and engine). A content-addressed store::
 
     <root>/_shared/structures/<structures fingerprint>/<index:06d>.extxyz
@@ -28,10 +28,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import pipeline as pl
+from models.data import IMAGE_SUFFIXES, load_user_folder
+
 from ..errors import InputError
 from ..io import atomic_dir, atomic_path, atomic_write_text, workspace_root
 from ..specs import DatasetSpec
+from ..stages import (
+    assemble_dataset,
+    build_structures_shard,
+    image_shard,
+    plan_structures,
+    read_structure,
+    simulate_shard,
+)
+from ..workspace import (
+    config_dir,
+    dataset_dir,
+    fingerprints,
+    images_path,
+    simulation_settings,
+    structure_id,
+    structure_path,
+    waves_path,
+)
 from .spec import Study
 
 STAGES = {"structures": ("structures", ".extxyz"), "waves": ("waves", ".npz")}
@@ -57,12 +76,12 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _stage_file(spec: DatasetSpec, stage: str, index: int, root) -> Path:
-    return pl.structure_path(spec, index, root) if stage == "structures" else pl.waves_path(spec, index, root)
+    return structure_path(spec, index, root) if stage == "structures" else waves_path(spec, index, root)
 
 
 def _stage_usable(spec: DatasetSpec, stage: str, fingerprint: str, root) -> bool:
     """The variant's stage folder is new or was built with ``fingerprint`` (never mix specs)."""
-    f = pl.config_dir(spec, root) / stage / "_fingerprint.json"
+    f = config_dir(spec, root) / stage / "_fingerprint.json"
     if not f.exists():
         return True
     try:
@@ -109,7 +128,7 @@ def read_ledger(study: Study, key: str, root=None) -> dict:
 
 def _dataset_complete(spec: DatasetSpec, root) -> bool:
     try:
-        d = pl.dataset_dir(spec, root)
+        d = dataset_dir(spec, root)
     except InputError:
         return False
     return (d / "specs" / f"{spec.config_name}.json").is_file() and (d / "data" / spec.config_name).is_dir() \
@@ -123,9 +142,9 @@ def build_dataset(spec: DatasetSpec, root=None, *, engine: str | None = None, de
     Returns ``structures_built``, ``structures_reused`` (linked from the store), ``waves_simulated``,
     ``waves_reused`` (linked from the store) of this call, cumulated in ``ledger`` (a JSON file) when given,
     plus the dataset folder and the stage fingerprints."""
-    sim = pl.simulation_settings(spec, engine, device)
-    fp = pl.fingerprints(spec, sim.engine)
-    pl.plan_structures(spec, root)
+    sim = simulation_settings(spec, engine, device)
+    fp = fingerprints(spec, sim.engine)
+    plan_structures(spec, root)
     counts = {"structures_built": 0, "structures_reused": 0, "waves_simulated": 0, "waves_reused": 0}
     total = dict(counts)
     if ledger is not None and ledger.is_file():
@@ -133,23 +152,23 @@ def build_dataset(spec: DatasetSpec, root=None, *, engine: str | None = None, de
     for shard in range(spec.n_shards):
         step = dict.fromkeys(counts, 0)
         step["structures_reused"] = import_from_store(spec, "structures", fp["structures"], shard, root)
-        st = pl.build_structures_shard(spec, shard, root)
+        st = build_structures_shard(spec, shard, root)
         step["structures_built"] = st["computed"]
         export_to_store(spec, "structures", fp["structures"], shard, root)
         step["waves_reused"] = import_from_store(spec, "waves", fp["waves"], shard, root)
-        ws = pl.simulate_shard(spec, shard, root, engine=engine, device=device)
+        ws = simulate_shard(spec, shard, root, engine=engine, device=device)
         step["waves_simulated"] = ws["computed"]
         export_to_store(spec, "waves", fp["waves"], shard, root)
-        if not pl.images_path(spec, shard, root).exists():
-            pl.image_shard(spec, shard, root)
+        if not images_path(spec, shard, root).exists():
+            image_shard(spec, shard, root)
         for k, v in step.items():
             counts[k] += v
             total[k] += v
         if ledger is not None:
             atomic_write_text(ledger, json.dumps(total, sort_keys=True) + "\n")
     if not _dataset_complete(spec, root):
-        pl.assemble_dataset(spec, root)
-    return {**counts, "cumulative": total, "dataset": str(pl.dataset_dir(spec, root)),
+        assemble_dataset(spec, root)
+    return {**counts, "cumulative": total, "dataset": str(dataset_dir(spec, root)),
             "config_name": spec.config_name, "fingerprints": fp, "spec_hash": spec.hash(),
             "structures": spec.n_structures}
 
@@ -181,7 +200,7 @@ def split_structure_hashes(spec: DatasetSpec, split: str, root=None, limit: int 
     idx = [i for i in range(spec.n_structures) if spec.split_of(i) == split]
     if limit is not None:
         idx = idx[:limit]
-    return {pl.structure_id(spec, i): structure_hash(pl.read_structure(spec, i, root)) for i in idx}
+    return {structure_id(spec, i): structure_hash(read_structure(spec, i, root)) for i in idx}
 
 
 def training_structure_hashes(study: Study, root=None) -> dict[str, dict[str, str]]:
@@ -211,7 +230,6 @@ def leakage(study: Study, root=None) -> dict:
 
 def real_images(folder: Path) -> list[Path]:
     """The labelled images of a real folder (sorted; the layout of models.data.load_user_folder)."""
-    from models.data import IMAGE_SUFFIXES
 
     folder = Path(folder)
     img_dir = folder / "images" if (folder / "images").is_dir() else folder
@@ -237,7 +255,6 @@ def check_transfer(study: Study) -> dict | None:
         return None
     if not tf.exists:
         return {"missing": True, "folder": str(tf.path)}
-    from models.data import load_user_folder
 
     samples = load_user_folder(tf.path, require_masks=True)  # validates images, masks and the manifest
     n, kmax = len(samples), max(t.k)

@@ -15,10 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import pipeline as pl
+from hrtem_dataset.jsonsafe import finite
+from models.evaluate import evaluate, json_safe
+from models.train import train
+
 from ..errors import InputError
 from ..io import atomic_write_text
 from ..seeding import derive_seed, spec_hash
+from ..stages import expected_rows_per_structure
+from ..workspace import dataset_dir, images_fingerprint
 from .build import check_transfer, fold_folders, folder_hash, study_dir
 from .spec import Study
 
@@ -44,7 +49,6 @@ def _complete(out: Path, fp: str) -> bool:
 
 def _train(out: Path, fp: str, *, device=None, **kw) -> dict:
     """Train into ``out`` unless a complete model with fingerprint ``fp`` is there."""
-    from models.train import train
 
     if _complete(out, fp):
         m = out / ".study-metrics.json"
@@ -60,16 +64,9 @@ def _train(out: Path, fp: str, *, device=None, **kw) -> dict:
     res = train(out_dir=out, progress=False, device=None if device in (None, "auto") else device,
                 val_every=1 << 30, **kw)
     metrics = {k: v for k, v in res["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    atomic_write_text(out / ".study-metrics.json", json.dumps(_clean(metrics), sort_keys=True) + "\n")
+    atomic_write_text(out / ".study-metrics.json", json.dumps(finite(metrics), sort_keys=True) + "\n")
     atomic_write_text(f, fp + "\n")
     return {"path": str(out), "fingerprint": fp, "reused": False, "metrics": metrics}
-
-
-def _clean(d: dict) -> dict:
-    """JSON-safe metrics (NaN -> None, numpy scalars -> Python): :func:`models.evaluate.json_safe`."""
-    from models.evaluate import json_safe
-
-    return json_safe(d)
 
 
 def train_member(study: Study, variant: str, seed: int, root=None, *, device: str | None = None,
@@ -84,9 +81,9 @@ def train_member(study: Study, variant: str, seed: int, root=None, *, device: st
     train_seed = derive_seed(study.spec.seed, "train", int(seed))
     if v.k is None or v.k == 0:
         spec = study.datasets[v.dataset]
-        data = pl.dataset_dir(spec, root)
-        max_samples = v.max_structures * pl.expected_rows_per_structure(spec) if v.max_structures else None
-        fp = spec_hash({"images": pl.images_fingerprint(spec, root), "dataset": spec.hash(),
+        data = dataset_dir(spec, root)
+        max_samples = v.max_structures * expected_rows_per_structure(spec) if v.max_structures else None
+        fp = spec_hash({"images": images_fingerprint(spec, root), "dataset": spec.hash(),
                         "training": study.spec.training.model_dump(mode="json", exclude={"min_f1"}),
                         "seed": train_seed, "max_samples": max_samples})
         res = _train(out, fp, device=device, dataset=data, config=spec.config_name, max_samples=max_samples,
@@ -141,9 +138,9 @@ def evaluation_sets(study: Study, root=None, plan: dict | None = None) -> dict:
 
     The simulated set must be built (:func:`~hrtem_dataset.studies.build.build_evaluation_dataset`)."""
     ev = study.evaluation
-    sets = [{"id": f"simulated:{ev.config_name}", "kind": "simulated", "dataset": str(pl.dataset_dir(ev, root)),
+    sets = [{"id": f"simulated:{ev.config_name}", "kind": "simulated", "dataset": str(dataset_dir(ev, root)),
              "config": ev.config_name, "split": "test", "spec_hash": ev.hash(),
-             "hash": spec_hash({"images": pl.images_fingerprint(ev, root), "spec": ev.hash()}),
+             "hash": spec_hash({"images": images_fingerprint(ev, root), "spec": ev.hash()}),
              "source": str(study.evaluation_path)}]
     skipped = []
     for r in study.real:
@@ -170,7 +167,6 @@ def _slug(s: str) -> str:
 
 
 def _evaluate_one(model_dir: str, eval_set: dict, device, folder: Path | None = None) -> dict:
-    from models.evaluate import evaluate, json_safe
 
     dev = None if device in (None, "auto") else device
     if eval_set["kind"] == "simulated":
@@ -223,8 +219,8 @@ def evaluate_member(study: Study, trained: dict, sets: dict, root=None, *, devic
             results = [_evaluate_one(m["path"], s, device) for m in trained["models"]]
         metrics = _mean_metrics(results)
         atomic_write_text(path, json.dumps({"fingerprint": fp, "variant": variant, "seed": seed, "set": s["id"],
-                                            "metrics": _clean(metrics)}, indent=1, sort_keys=True) + "\n")
-        out[s["id"]] = _clean(metrics)
+                                            "metrics": finite(metrics)}, indent=1, sort_keys=True) + "\n")
+        out[s["id"]] = finite(metrics)
     return out
 
 
@@ -249,4 +245,4 @@ def read_trained(study: Study, variant: str, seed: int, root=None, plan: dict | 
 
 def write_trained(study: Study, rec: dict, root=None) -> None:
     p = member_dir(study, rec["variant"], rec["seed"], root) / ".study-member.json"
-    atomic_write_text(p, json.dumps(_clean(rec), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(p, json.dumps(finite(rec), indent=1, sort_keys=True) + "\n")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_path, atomic_write_bytes, atomic_write_text
 
 METRICS = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1")
 STUDY_JSON = "study.json"
@@ -205,7 +205,6 @@ def write_matrix_parquet(payload: dict, path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..io import atomic_path
 
     rows = payload["matrix"]
     cols: dict[str, list] = {"variant": [r["variant"] for r in rows], "seed": [int(r["seed"]) for r in rows],

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from .. import pipeline as pl
 from ..errors import InputError
 from ..io import atomic_write_text
+from ..workspace import fingerprints
 from . import build as b
 from . import members as m
 from .report import summarize, write_report
@@ -112,7 +112,7 @@ def payload(study: Study, root=None) -> dict:
         spec = study.datasets[v.dataset]
         variants.append({"name": v.name, "overrides": v.overrides, "dataset": spec.config_name,
                          "dataset_key": v.dataset, "dataset_spec_hash": spec.hash(),
-                         "fingerprints": pl.fingerprints(spec), "max_structures": v.max_structures,
+                         "fingerprints": fingerprints(spec), "max_structures": v.max_structures,
                          "k": v.k, "mode": v.mode})
     warnings = [s["warning"] for s in ev["skipped"]] + [f"model {x['variant']}|{x['seed']} skipped: {x['reason']}"
                                                         for x in mx["skipped_models"]]

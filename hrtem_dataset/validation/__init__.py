@@ -23,14 +23,12 @@ from .physics import (
     wave_error,
 )
 from .report import (
-    attach_to_dataset,
     card_section,
     configuration_report,
     dataset_report_dir,
     read_report,
     reference_report,
     render_card,
-    report_dir,
     scene_report,
     summary,
     write_report,
@@ -38,7 +36,7 @@ from .report import (
 from .scenes import au_cube, configuration_scene, crop_window, reference_scene
 
 __all__ = [
-    "attach_to_dataset", "card_section", "dataset_report_dir", "report_dir",
+    "card_section", "dataset_report_dir",
     "CTF_ZERO_TOLERANCE", "ENGINE_FACTOR", "EXIT_WAVE_TOLERANCE", "KIRKLAND_FIG_5_12", "au_cube",
     "available_engines", "configuration_report", "configuration_scene", "crop_window", "ctf_zeros",
     "engine_comparison", "kirkland_fig_5_12", "phonon_convergence", "read_report", "reference_report",

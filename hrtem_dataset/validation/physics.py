@@ -21,8 +21,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
+from ..imaging import image_intensity
+from ..imaging.aberrations import (
+    aberration_coefficients,
+    point_resolution,
+    scherzer_defocus,
+    stack_coefficients,
+)
+from ..imaging.ctf import transfer_function
 from ..simulation import simulate_exit_wave, wavelength
-from ..simulation.prismatic_engine import fourier_resample
+from ..simulation.prismatic_engine import available, fourier_resample
 
 SAMPLINGS = (0.2, 0.1, 0.05, 0.025)  # Å, coarse -> fine; the finest is the reference
 SLICES = (4.0, 2.0, 1.0, 0.5)  # Å, thick -> thin; the thinnest is the reference
@@ -64,7 +72,6 @@ def wave_error(wave: np.ndarray, ref: np.ndarray, cell: Sequence[float], k_max: 
 
 def image(waves: np.ndarray, sampling: float, energy: float, condition: Mapping[str, float] | None = None) -> np.ndarray:
     """Phonon-averaged image of ``waves`` at ``condition`` (default :data:`IMAGE_CONDITION`)."""
-    from ..imaging import image_intensity
 
     return image_intensity(waves, sampling=sampling, energy=energy, **dict(condition or IMAGE_CONDITION))
 
@@ -90,7 +97,6 @@ def available_engines() -> list[str]:
         engines.append("abtem")
     except ImportError:
         pass
-    from ..simulation.prismatic_engine import available
 
     if available():
         engines.append("prismatic")
@@ -209,7 +215,6 @@ def phonon_convergence(atoms: Atoms, energy: float = 300e3, sampling: float = 0.
 def kirkland_fig_5_12() -> dict:
     """Kirkland (2010) Fig. 5.12: C, Si, Cu, Au, U single atoms, 200 keV, Cs 1.3 mm, Scherzer defocus 700 Å,
     10.37 mrad aperture, 512² over 50 Å: image minimum 0.72, maximum 1.03 (tests/test_simulation.py)."""
-    from ..imaging import image_intensity
 
     atoms = Atoms("CSiCuAuU", positions=[(x, 25.0, 4.0) for x in np.linspace(5, 45, 5)], cell=[50, 50, 8], pbc=True)
     sampling = 50.0 / 512
@@ -241,13 +246,6 @@ def ctf_zeros(energy: float = 200e3, Cs: float = 1e7, k_max: float = 1.0, n_poin
     """Zeros of sin χ of the imaging module's transfer function at Scherzer defocus (dense 1-D line of
     frequencies, linear interpolation) against :func:`scherzer_zeros`; the first is the point resolution
     (λ³Cs/6)^¼ (2.26 Å at 200 kV, 1 mm)."""
-    from ..imaging.aberrations import (
-        aberration_coefficients,
-        point_resolution,
-        scherzer_defocus,
-        stack_coefficients,
-    )
-    from ..imaging.ctf import transfer_function
 
     df = scherzer_defocus(Cs, energy)
     s = 1.0 / (2.0 * k_max * 1.25)

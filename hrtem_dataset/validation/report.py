@@ -24,7 +24,10 @@ from pathlib import Path
 
 from ase import Atoms
 
+from .. import __version__
 from ..errors import InputError
+from ..io import atomic_dir
+from ..simulation import engine_version, wavelength
 from . import physics as ph
 from .scenes import CONFIG_WINDOW, REFERENCE_SCENE, au_cube, configuration_scene, crop_window, reference_scene
 
@@ -40,7 +43,6 @@ def _series(quick: bool) -> dict:
 
 
 def engine_versions(engines) -> dict:
-    from ..simulation import engine_version
 
     return {e: engine_version(e) for e in engines}
 
@@ -99,7 +101,6 @@ def _run(kind: str, atoms: Atoms, scene: dict, settings: dict, comparisons: dict
     }
     payload["checks"] = _checks(payload, tolerance)
     payload["seconds"] = {**times, "total": time.perf_counter() - t_all}
-    from .. import __version__
 
     payload["package_version"] = __version__
     return payload
@@ -286,7 +287,6 @@ def plots(payload: dict) -> dict[str, bytes]:
     out["phonons.png"] = _png(fig)
 
     c = payload["ctf_zeros"]
-    from ..simulation import wavelength
 
     lam = wavelength(c["energy"])
     k = np.linspace(0, c["k_max"], 2000)
@@ -304,7 +304,6 @@ def plots(payload: dict) -> dict[str, bytes]:
 def write_report(payload: dict, out: str | Path) -> Path:
     """Write ``out/validation.json``, ``out/README.md`` and ``out/plots/*.png`` (the folder as a whole,
     atomically). Returns the folder."""
-    from ..io import atomic_dir
 
     out = Path(out)
     pngs = plots(payload)
@@ -335,35 +334,9 @@ def read_report(folder: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------------ datasets
 
 
-def report_dir(spec, root=None) -> Path:
-    """Where a configuration's report lives in the workspace: ``<config_dir>/validation``."""
-    from ..pipeline import config_dir
-
-    return config_dir(spec, root) / "validation"
-
-
 def dataset_report_dir(dataset_folder: str | Path, config_name: str) -> Path:
     """Where a dataset folder holds a configuration's report: ``validation/<config>/``."""
     return Path(dataset_folder) / "validation" / config_name
-
-
-def attach_to_dataset(report: str | Path, dataset_folder: str | Path, config_name: str) -> bool:
-    """Copy a report folder into a dataset folder that holds ``config_name`` (``validation/<config>/``) and
-    rewrite its card, which then links the report and states its numbers. False when the dataset folder
-    does not hold that configuration (nothing is written)."""
-    import shutil
-
-    from ..dataset import write_dataset_card
-    from ..io import atomic_dir
-
-    report, dataset_folder = Path(report), Path(dataset_folder)
-    read_report(report)
-    if not (dataset_folder / "specs" / f"{config_name}.yaml").is_file():
-        return False
-    with atomic_dir(dataset_report_dir(dataset_folder, config_name)) as tmp:
-        shutil.copytree(report, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "*.tmp"))
-    write_dataset_card(dataset_folder)
-    return True
 
 
 def card_section(dataset_folder: str | Path, config_name: str) -> list[str]:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
+from ..specs import SceneSpec
+from ..structures import build_scene, sample_scene
+
 REFERENCE_SCENE = {
     "cell": {"x": 40, "y": 40},
     "substrate": {"thickness": 20},
@@ -27,8 +30,6 @@ CONFIG_WINDOW = 24.0  # Å: the converged (0.025 Å, 0.5 Å slices) run of a win
 
 def reference_scene() -> Atoms:
     """40 × 40 Å a-C (20 Å) + r = 10 Å Au sphere along [110] (seed 0)."""
-    from ..specs import SceneSpec
-    from ..structures import build_scene
 
     return build_scene(SceneSpec.model_validate(REFERENCE_SCENE), seed=REFERENCE_SEED)
 
@@ -65,7 +66,6 @@ def crop_window(atoms: Atoms, window: float = CONFIG_WINDOW) -> Atoms:
 def configuration_scene(spec, index: int = 0, window: float = CONFIG_WINDOW) -> Atoms:
     """Structure ``index`` of a :class:`~hrtem_dataset.specs.DatasetSpec` (built as the pipeline builds it),
     cut to a ``window`` Å window around its first particle (:func:`crop_window`)."""
-    from ..structures import sample_scene
 
     _, _, _, atoms = sample_scene(spec.structures, spec.seed, index)  # as pipeline.build_structures_shard
     return crop_window(atoms, window)

@@ -1,4 +1,6 @@
-"""Crystals: element defaults (fcc/bcc/hcp/...) or any CIF (pymatgen), and vectorised lattice filling.
+"""The materials database: crystals of element defaults (fcc/bcc/hcp/...) or any CIF (pymatgen), and
+vectorised lattice filling. It sits below the specs (which validate material names against it) and is used
+by :mod:`hrtem_dataset.structures`.
 
 Frames and units (Å everywhere):
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
 
 # Room-temperature lattice constants (Å) that override ASE's reference states where those are rounded.
 _LATTICE_CONSTANTS = {

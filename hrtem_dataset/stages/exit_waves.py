@@ -1,0 +1,170 @@
+"""Stage 2: multislice exit waves of each structure.
+
+Format — ``waves/<structure_id>.npz`` (pickle-free), one file per structure:
+``scene`` complex64 (P, nx, ny), the full scene, P = max(phonons, 1) frozen-phonon configurations;
+``particles`` complex64 (nx, ny), the particle atoms alone in vacuum on a static lattice (the label
+source); ``sampling`` (Å, per axis), ``energy`` (eV), ``gpts``, ``phonons``, ``engine``, ``engine_version``
+and ``n_atoms``. Seed: ``derive_seed(seed, "simulation", i)``. The engine is part of the stage fingerprint,
+the device is not (it changes speed, not physics).
+
+Checks and their tolerances:
+- ``no_nan_inf`` (blocking): no structure of the shard has NaN/inf waves or misses its file.
+- ``vacuum_intensity`` (blocking): mean |ψ|² of the particle-only waves over vacuum pixels
+  (:func:`hrtem_dataset.labels.vacuum_region`) is 1 ± ``VACUUM_INTENSITY_TOL``, and mean |ψ|² of the scene
+  waves is 1 ± ``SCENE_INTENSITY_TOL`` (flux is lost only outside the antialias aperture).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import previews
+from ..errors import InputError
+from ..io import atomic_path
+from ..labels import vacuum_region
+from ..seeding import derive_seed
+from ..simulation import simulate_scene
+from ..specs import DatasetSpec
+from ..workspace import (
+    claim_stage_dir,
+    fingerprints,
+    one_writer,
+    previews_dir,
+    shard_indices,
+    simulation_settings,
+    waves_path,
+)
+from .base import CheckSpec, RunContext, Stage, StageResult, outcome, rate
+from .structures import read_structure
+
+SCENE_INTENSITY_TOL = 0.05    # mean |ψ|² of scene waves: flux lost outside the antialias aperture only
+VACUUM_INTENSITY_TOL = 0.01   # mean |ψ|² of particle-only waves over vacuum pixels
+
+NO_NAN_INF = CheckSpec("no_nan_inf", "no NaN or inf in the arrays")
+VACUUM_INTENSITY = CheckSpec("vacuum_intensity",
+                             f"particle-only waves: mean |ψ|² over vacuum = 1 ± {VACUUM_INTENSITY_TOL}; "
+                             f"scene waves: mean |ψ|² = 1 ± {SCENE_INTENSITY_TOL} (flux conservation)")
+
+
+@one_writer("waves")
+def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None = None,
+                   device: str | None = None, *, force: bool = False) -> dict:
+    """Multislice exit waves of every structure of ``shard`` into ``waves/<structure_id>.npz`` (the module's
+    format). ``engine``/``device`` override the spec. Returns counts, timings, atoms/s (atoms ×
+    configurations / s) and exit waves/s."""
+    indices = shard_indices(spec, shard)
+    sim = simulation_settings(spec, engine, device)
+    claim_stage_dir(spec, "waves", fingerprints(spec, sim.engine)["waves"], root)
+    t0 = time.perf_counter()
+    computed = reused = atoms_done = waves_done = 0
+    engine_version = None
+    used_device = sim.device
+    for i in indices:
+        path = waves_path(spec, i, root)
+        if path.exists() and not force:
+            reused += 1
+            continue
+        atoms = read_structure(spec, i, root)
+        out = simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+        scene = np.asarray(out["scene"], dtype=np.complex64)
+        if scene.ndim == 2:
+            scene = scene[None]
+        particles = np.asarray(out["particles"], dtype=np.complex64)
+        engine_version = str(out.get("engine_version", ""))
+        used_device = str(out.get("device", sim.device))
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, scene=scene, particles=particles,
+                     sampling=np.broadcast_to(np.asarray(out["sampling"], dtype=np.float64), (2,)).copy(),
+                     energy=np.float64(out.get("energy", sim.energy)), gpts=np.asarray(out.get("gpts", scene.shape[1:])),
+                     phonons=np.int64(sim.phonons), engine=np.str_(out.get("engine", sim.engine)),
+                     engine_version=np.str_(engine_version), n_atoms=np.int64(len(atoms)))
+        computed += 1
+        atoms_done += len(atoms) * scene.shape[0]
+        waves_done += scene.shape[0] + 1
+    dt = time.perf_counter() - t0
+    return {"shard": int(shard), "structures": len(indices), "computed": computed, "reused": reused,
+            "engine": sim.engine, "engine_version": engine_version, "device": used_device, "seconds": dt,
+            "exit_waves": waves_done, "waves_per_s": rate(waves_done, dt), "atoms_per_s": rate(atoms_done, dt)}
+
+
+def load_waves(spec: DatasetSpec, index: int, root=None) -> dict[str, Any]:
+    """Arrays and settings of one structure's exit waves (plain numpy / Python values)."""
+    path = waves_path(spec, index, root)
+    if not path.exists():
+        raise InputError(f"{path}: missing exit waves (run the exit_waves stage for its shard first)")
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    for k in ("engine", "engine_version"):
+        out[k] = str(out[k])
+    out["energy"] = float(out["energy"])
+    out["phonons"] = int(out["phonons"])
+    out["sampling"] = tuple(float(s) for s in out["sampling"])
+    return out
+
+
+def waves_summary(spec: DatasetSpec, shard: int, root=None) -> dict:
+    """Quality numbers of a shard's exit waves for the checks.
+
+    ``nonfinite``: structures whose waves contain NaN/inf. ``scene_intensity_*``: mean |ψ|² of the scene
+    waves (flux conservation: ≈ 1, slightly less from scattering outside the antialias aperture).
+    ``vacuum_intensity_*``: mean |ψ|² of the particle-only waves over vacuum pixels (exactly 1 ideally).
+    """
+    nonfinite, scene_i, vac_i, missing = 0, [], [], 0
+    for i in shard_indices(spec, shard):
+        if not waves_path(spec, i, root).exists():
+            missing += 1
+            continue
+        w = load_waves(spec, i, root)
+        if not (np.all(np.isfinite(w["scene"])) and np.all(np.isfinite(w["particles"]))):
+            nonfinite += 1
+            continue
+        scene_i.append(float(np.mean(np.abs(w["scene"]) ** 2)))
+        vac = vacuum_region(read_structure(spec, i, root), w["particles"].shape, w["sampling"])
+        if vac.any():
+            vac_i.append(float(np.mean(np.abs(w["particles"][vac]) ** 2)))
+
+    def span(v):
+        return (float(min(v)), float(max(v))) if v else (math.nan, math.nan)
+
+    return {"missing": missing, "nonfinite": nonfinite,
+            "scene_intensity_min": span(scene_i)[0], "scene_intensity_max": span(scene_i)[1],
+            "vacuum_intensity_min": span(vac_i)[0], "vacuum_intensity_max": span(vac_i)[1]}
+
+
+def waves_checks(q: dict) -> list:
+    """The outcomes of ``no_nan_inf`` and ``vacuum_intensity`` for a :func:`waves_summary`."""
+    present = q["nonfinite"] == 0 and q["missing"] == 0
+    within = all(abs(q[f"{what}_intensity_{end}"] - 1) <= tol for end in ("min", "max")
+                 for what, tol in (("vacuum", VACUUM_INTENSITY_TOL), ("scene", SCENE_INTENSITY_TOL)))
+    span = {k: q[k] for k in ("vacuum_intensity_min", "vacuum_intensity_max", "scene_intensity_min",
+                              "scene_intensity_max")}
+    return [outcome(NO_NAN_INF, present, f"{q['nonfinite']} structures with NaN/inf, {q['missing']} missing",
+                    nonfinite=q["nonfinite"]),
+            outcome(VACUUM_INTENSITY, present and within,
+                    "vacuum |ψ|² in [{vacuum_intensity_min:.4f}, {vacuum_intensity_max:.4f}], scene mean |ψ|² in "
+                    "[{scene_intensity_min:.4f}, {scene_intensity_max:.4f}]".format(**span), **span)]
+
+
+class ExitWavesStage(Stage):
+    """Multislice exit waves of one shard: full scene (frozen phonons) and particles alone."""
+
+    name, fingerprint, deps, partitioned = "exit_waves", "waves", ("structures",), True
+    kinds = frozenset({"pytorch"})
+    checks = (NO_NAN_INF, VACUUM_INTENSITY)
+    simulation = True
+
+    def materialize(self, spec: DatasetSpec, ctx: RunContext) -> StageResult:
+        stats = simulate_shard(spec, ctx.shard, ctx.root, engine=ctx.engine, device=ctx.device, force=ctx.force)
+        q = waves_summary(spec, ctx.shard, ctx.root)
+        first = load_waves(spec, shard_indices(spec, ctx.shard)[0], ctx.root)
+        meta = {"spec_hash": spec.hash(), "engine": first["engine"], "engine_version": first["engine_version"],
+                "sampling_A": list(first["sampling"]), "gpts": [int(x) for x in first["particles"].shape],
+                "scene_intensity_min": q["scene_intensity_min"], "vacuum_intensity_min": q["vacuum_intensity_min"]}
+        pngs = {"Scene exit wave phase": previews.image_png(np.angle(first["scene"][0])),
+                "Particle exit wave phase": previews.image_png(np.angle(first["particles"]))}
+        return StageResult(stats, meta, checks=waves_checks(q),
+                           previews=previews.save_pngs(pngs, previews_dir(spec, ctx.root), f"waves-{ctx.shard:05d}"))
