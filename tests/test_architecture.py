@@ -50,6 +50,20 @@ def test_same_spec_same_bytes_as_before_the_refactor(tmp_path):
     parquet, model = build_and_train(tmp_path)
     assert parquet == PARQUET_SHA256
     assert model == MODEL_SHA256
+    # the Dagster code versions are the workspace fingerprints the stages wrote (one source for both)
+    from dagster_project.assets import code_versions
+    from hrtem_dataset import workspace
+
+    spec = DatasetSpec.model_validate(tiny_spec_dict(model=True))
+    fp, versions = workspace.stage_fingerprints(spec), code_versions(spec)
+    on_disk = {"structures": workspace.stage_fingerprint_on_disk(spec, "structures", tmp_path),
+               "waves": workspace.stage_fingerprint_on_disk(spec, "waves", tmp_path),
+               "images": workspace.stage_fingerprint_on_disk(spec, "images", tmp_path),
+               "model": (workspace.model_dir(spec, tmp_path) / ".hrtem-fingerprint").read_text().strip()}
+    assert on_disk == {k: fp[k] for k in on_disk}
+    for asset, key in (("structures", "structures"), ("exit_waves", "waves"), ("imaged_samples", "images"),
+                       ("dataset_splits", "dataset"), ("trained_model", "model")):
+        assert versions[asset].endswith("+" + fp[key]), asset
 
 
 # ---------------------------------------------------------------- import direction (issue 10)
