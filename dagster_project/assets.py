@@ -76,11 +76,23 @@ class StageConfig(Config):
 
 
 @dataclass(frozen=True)
-class DatasetConfigSource:
-    """A dataset configuration YAML and the asset group built from it."""
+class Source:
+    """A YAML (dataset configuration or study) and its asset group: the file stem, made an identifier."""
 
     group: str
     path: Path
+
+    @staticmethod
+    def locate(path: str | Path) -> tuple[str, Path]:
+        """(group, resolved path) of a YAML."""
+        p = Path(path).resolve()
+        return group_name_for(p), p
+
+
+@dataclass(frozen=True)
+class DatasetConfigSource(Source):
+    """A dataset configuration YAML and the asset group built from it."""
+
     spec: DatasetSpec
 
 
@@ -92,8 +104,8 @@ def group_name_for(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> DatasetConfigSource:
     """Load and validate one dataset configuration (:class:`InputError` naming the file/field)."""
-    p = Path(path).resolve()
-    return DatasetConfigSource(group=group_name_for(p), path=p, spec=load_spec(p, DatasetSpec))
+    group, p = Source.locate(path)
+    return DatasetConfigSource(group, p, load_spec(p, DatasetSpec))
 
 
 def shard_keys(spec: DatasetSpec) -> list[str]:

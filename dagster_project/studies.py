@@ -35,7 +35,7 @@ from hrtem_dataset.studies import Study, load_study, parse_member_key
 from hrtem_dataset.studies import steps as st
 from hrtem_dataset.studies.report import plot_name, table
 
-from .assets import discover_sources, group_name_for, metadata_value, stats_metadata
+from .assets import Source, discover_sources, metadata_value, stats_metadata
 from .resources import PublishTarget, SimulationEngine, Workspace
 
 STUDY_ASSETS = ("evaluation_sets", "variant_datasets", "trained_models", "evaluation_matrix", "study_report")
@@ -44,15 +44,15 @@ STUDY_CHECKS = {"variant_datasets": ("no_eval_structure_in_training",),
 
 
 @dataclass(frozen=True)
-class StudySource:
-    group: str
-    path: Path
+class StudySource(Source):
+    """A study YAML and the asset group built from it."""
+
     study: Study
 
 
 def load_study_source(path: str | Path) -> StudySource:
-    p = Path(path).resolve()
-    return StudySource(group=group_name_for(p), path=p, study=load_study(p))
+    group, p = Source.locate(path)
+    return StudySource(group, p, load_study(p))
 
 
 def default_study_paths() -> list[Path]:
