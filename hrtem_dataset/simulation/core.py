@@ -4,6 +4,9 @@ All engines share the conventions of :mod:`.torch_engine` (grid ``ceil(L / sampl
 ``L_z / ceil(L_z / slice_thickness)``, infinite projection, plane-wave illumination along +z, vacuum
 |ψ| = 1, arrays indexed [x, y], complex64) and the same frozen-phonon configurations
 (:mod:`.phonons`, seeded by ``derive_seed(seed, "phonons", i)``), so engines agree wave by wave.
+
+The abTEM and Prismatic engines are imported inside the functions that use them: optional dependencies,
+loaded only when that engine is chosen (no import cycle is dodged; ``tests/test_architecture.py``).
 """
 
 from __future__ import annotations
