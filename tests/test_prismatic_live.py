@@ -93,11 +93,17 @@ def test_cli_simulate_with_prismatic_keeps_stdout_clean(tmp_path, capfd):
         np.testing.assert_allclose(np.abs(data["particles"]).mean(), np.abs(data["scene"][0]).mean(), rtol=1e-5)
 
 
-def test_no_parameter_file_in_home(tmp_path, monkeypatch):
-    """Prismatic's core writes prismatic_gui_params.txt to $HOME on every run: the engine points $HOME at its
-    temporary folder while Prismatic runs, and restores it."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    simulate_exit_wave(au_cube(1), engine="prismatic", **KW)
+def test_no_parameter_file_in_home_or_cwd(tmp_path, monkeypatch):
+    """Prismatic's core writes prismatic_gui_params.txt to $HOME and scratch_param.txt to the working
+    directory on every run: the engine points both at its temporary folder while Prismatic runs, and
+    restores them."""
     import os
 
-    assert os.environ["HOME"] == str(tmp_path) and not list(tmp_path.iterdir())
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    simulate_exit_wave(au_cube(1), engine="prismatic", **KW)
+    assert os.environ["HOME"] == str(home) and os.getcwd() == str(work)
+    assert not list(home.iterdir()) and not list(work.iterdir())

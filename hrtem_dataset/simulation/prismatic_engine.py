@@ -244,13 +244,16 @@ def _write_xyz(atoms: Atoms, path: Path) -> None:
 
 @contextlib.contextmanager
 def _home(path: str):
-    """$HOME set to ``path`` while Prismatic runs (it writes its parameter file there; with HOME unset its
-    C++ core would build a string from a null pointer)."""
-    old = os.environ.get("HOME")
+    """$HOME and the working directory set to ``path`` while Prismatic runs: its core writes
+    $HOME/prismatic_gui_params.txt and ./scratch_param.txt on every run (with HOME unset it would build a
+    string from a null pointer). The working directory is per process: Prismatic runs are not thread-safe."""
+    old, cwd = os.environ.get("HOME"), os.getcwd()
     os.environ["HOME"] = str(path)
+    os.chdir(path)
     try:
         yield
     finally:
+        os.chdir(cwd)
         if old is None:
             os.environ.pop("HOME", None)
         else:
@@ -324,7 +327,7 @@ def exit_waves_prismatic(atoms: Atoms, configurations: np.ndarray, sampling: flo
             meta = pyprismatic.Metadata(filenameAtoms=str(xyz), filenameOutput=str(h5))
             for key, value in prismatic_settings(xyz, h5, cell, sampling, energy, slice_thickness, seed + i).items():
                 setattr(meta, key, value)
-            with _quiet_stdout(), _home(tmp):  # its core writes $HOME/prismatic_gui_params.txt on every run
+            with _quiet_stdout(), _home(tmp):  # its core writes its parameter files to $HOME and to the cwd
                 meta.go()
             waves, got = read_hrtem_output(h5)
             got = got or (cell[0] / waves.shape[-2], cell[1] / waves.shape[-1])
