@@ -23,6 +23,7 @@ import torch
 from hrtem_dataset import pipeline as pl
 from hrtem_dataset.imaging.calibration import calibrate_zero_defocus, particle_windows
 from hrtem_dataset.specs import DatasetSpec, load_spec
+from hrtem_dataset.workspace import shard_indices
 
 
 def main() -> dict:
@@ -38,7 +39,7 @@ def main() -> dict:
         pl.build_structures_shard(spec, 0, root)
         pl.simulate_shard(spec, 0, root)
         items = []
-        for i in pl._shard_of(spec, 0):
+        for i in shard_indices(spec, 0):
             w = pl.load_waves(spec, i, root)
             items.append((w["particles"], w["sampling"], w["energy"], pl.read_structure(spec, i, root)))
     times: dict[str, list[float]] = {"grid": [], "fast": []}

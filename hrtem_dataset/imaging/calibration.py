@@ -69,26 +69,32 @@ def contrast_curve(
         return np.zeros(0)
     steps = np.diff(d)
     uniform = d.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
-
-    def propagator(dz: float) -> torch.Tensor:
-        # exp(-iχ) with χ = π λ k² C10 and C10 = -defocus, exact (float64 phase) then complex64
-        return torch.polar(torch.ones_like(phase_per_angstrom), phase_per_angstrom * dz).to(torch.complex64)
-
-    step = propagator(float(steps[0])) if uniform else None
+    step = _propagator(phase_per_angstrom, float(steps[0])) if uniform else None
     out = []
     for i in range(0, d.size, batch_size):
-        chunk = d[i : i + batch_size]
-        if uniform:
-            # exact at the chunk start, then one complex multiply per further defocus value
-            specs = [spec * propagator(float(chunk[0]))]
-            for _ in range(1, chunk.size):
-                specs.append(specs[-1] * step)
-        else:
-            specs = [spec * propagator(float(z)) for z in chunk]
-        psi = torch.fft.ifft2(torch.stack(specs))
-        inten = torch.view_as_real(psi).square().sum(dim=-1).mean(dim=1)
+        inten = _intensities(spec, phase_per_angstrom, d[i : i + batch_size], step)
         out.append(inten.var(dim=(-2, -1), unbiased=False).to(torch.float64))
     return torch.cat(out).cpu().numpy()
+
+
+def _propagator(phase_per_angstrom: torch.Tensor, dz: float) -> torch.Tensor:
+    """exp(−iχ) with χ = π λ k² C10 and C10 = −defocus: exact (float64 phase), then complex64."""
+    return torch.polar(torch.ones_like(phase_per_angstrom), phase_per_angstrom * dz).to(torch.complex64)
+
+
+def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: np.ndarray,
+                 step: torch.Tensor | None) -> torch.Tensor:
+    """Phonon-averaged intensities (B, nx, ny) of the wave spectrum ``spec`` (P, nx, ny) at each defocus;
+    with ``step`` (the propagator of the values' uniform spacing) exact at the first value, then one complex
+    multiply per further value."""
+    if step is not None:
+        specs = [spec * _propagator(phase_per_angstrom, float(defoci[0]))]
+        for _ in range(1, len(defoci)):
+            specs.append(specs[-1] * step)
+    else:
+        specs = [spec * _propagator(phase_per_angstrom, float(z)) for z in defoci]
+    psi = torch.fft.ifft2(torch.stack(specs))
+    return torch.view_as_real(psi).square().sum(dim=-1).mean(dim=1)
 
 
 def _periodic_interval(x: np.ndarray, length: float) -> tuple[float, float]:
@@ -181,20 +187,8 @@ def _window_contrast(waves, sampling, energy: float, windows, device) -> Callabl
         uniform = d.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
         total = torch.zeros(d.size, dtype=torch.float64, device=dev)
         for spec, phase in parts:
-            def prop(dz: float, phase=phase) -> torch.Tensor:  # exp(-iχ), float64 phase, then complex64
-                return torch.polar(torch.ones_like(phase), phase * dz).to(torch.complex64)
-
-            if uniform:  # exact at the first value, then one complex multiply per further value
-                specs, step = [spec * prop(float(d[0]))], prop(float(steps[0]))
-                for _ in range(1, d.size):
-                    specs.append(specs[-1] * step)
-            else:
-                specs = [spec * prop(float(z)) for z in d]
-            psi = torch.fft.ifft2(torch.stack(specs))
-            inten = torch.view_as_real(psi).square().sum(dim=-1).mean(dim=1)
-            n = inten.shape[-2] * inten.shape[-1]
-            total += (inten.square().sum(dim=(-2, -1)).to(torch.float64)
-                      - inten.sum(dim=(-2, -1)).to(torch.float64) ** 2 / n)
+            inten = _intensities(spec, phase, d, _propagator(phase, float(steps[0])) if uniform else None)
+            total += (inten - inten.mean(dim=(-2, -1), keepdim=True)).square().sum(dim=(-2, -1)).to(torch.float64)
         return total.cpu().numpy()
 
     return evaluate
