@@ -333,7 +333,7 @@ def test_fast_zero_defocus_search_matches_the_grid_search():
     # the windows' summed squared deviation has the full field's minimum on a fine grid
     grid = np.arange(0.0, 30.0, 0.5)
     full = contrast_curve(wave, 0.1, 300e3, grid)
-    windowed = _window_contrast(wave, 0.1, 300e3, wins, "cpu")(grid)
+    windowed = _window_contrast(wave, 0.1, 300e3, atoms, 10.0, "cpu")(grid)  # over `wins`
     assert np.argmin(windowed) == np.argmin(full)
     for steps in ([1.0, 0.1], [2.0, 0.5]):
         ref = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps)

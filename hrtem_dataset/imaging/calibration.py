@@ -166,15 +166,17 @@ def particle_windows(atoms, shape: tuple[int, int], sampling: float | Sequence[f
     return boxes
 
 
-def _window_contrast(waves, sampling, energy: float, windows, device) -> Callable[[np.ndarray], np.ndarray]:
-    """Σ_w Σ (I − Ī_w)² at each defocus of an array, over the windows (None: the full field)."""
+def _window_contrast(waves, sampling, energy: float, atoms, margin: float,
+                     device) -> Callable[[np.ndarray], np.ndarray]:
+    """Σ_w Σ (I − Ī_w)² at each defocus of an array, over the :func:`particle_windows` of ``atoms`` (the
+    full field when there are none)."""
     dev = resolve_device(device)
     w = phonon_stack(waves, dev, "particle_waves")
     s = as_pair(sampling, "sampling")
     lam = electron_wavelength(energy)
     nx, ny = w.shape[-2:]
     parts = []
-    for win in windows or [((0, nx), (0, ny))]:
+    for win in particle_windows(atoms, (nx, ny), s, margin) or [((0, nx), (0, ny))]:
         rows = torch.arange(win[0][0], win[0][0] + win[0][1], device=dev) % nx
         cols = torch.arange(win[1][0], win[1][0] + win[1][1], device=dev) % ny
         sub = w.index_select(-2, rows).index_select(-1, cols)
@@ -265,22 +267,17 @@ def calibrate_zero_defocus(
         raise InputError(f"search: expected 'grid' or 'fast', got {search!r}")
     grid = np.arange(lo, hi + 0.5 * steps[0], steps[0])
     if search == "fast":
-        shape = tuple(np.asarray(particle_waves).shape[-2:]) if not isinstance(particle_waves, torch.Tensor) \
-            else tuple(particle_waves.shape[-2:])
-        f = _window_contrast(particle_waves, sampling, energy, particle_windows(atoms, shape, sampling, margin), device)
+        f = _window_contrast(particle_waves, sampling, energy, atoms, margin, device)
         curve = np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)])
-        if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
-            return 0.0
-        best = float(grid[np.argmin(curve)])
-        for prev, step in zip(steps[:-1], steps[1:], strict=True):
-            best = _golden_section(f, best - prev, best + prev, step)
-        digits = max(0, -int(math.floor(math.log10(steps[-1]))))
-        return round(best, digits)
-    curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
+    else:
+        curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
         return 0.0  # no contrast anywhere (e.g. a scene without particles): nothing to calibrate
     best = float(grid[np.argmin(curve)])
     for prev, step in zip(steps[:-1], steps[1:], strict=True):
+        if search == "fast":
+            best = _golden_section(f, best - prev, best + prev, step)
+            continue
         n = int(round(prev / step))
         grid = best + step * np.arange(-n, n + 1)
         best = float(
