@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -121,11 +122,11 @@ def browser(url: str, tmp: Path, *extra: str, budget_ms: int = 20000):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
 
 
+@contextlib.contextmanager
 def dagster_dev(tmp: Path, env: dict, timeout: float = 240.0):
     """Context manager: ``dagster dev -m dagster_project`` on a free 127.0.0.1 port with ``env`` on top of
     the environment and ``DAGSTER_HOME`` (created if missing) from ``env``; yields ``(port, log)`` once the
     code location has loaded, and kills the whole process group on exit."""
-    import contextlib
     import os
     import signal
     import socket
@@ -133,45 +134,42 @@ def dagster_dev(tmp: Path, env: dict, timeout: float = 240.0):
     import sys
     import time
 
-    @contextlib.contextmanager
-    def run():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        home = Path(env["DAGSTER_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        full = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1", **env}
-        log = tmp / f"dagster_dev-{port}.log"
-        with open(log, "w") as fh:
-            proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-m", "dagster_project",
-                                     "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=full, stdout=fh,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            q = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
-            t0 = time.time()
-            while True:
-                assert proc.poll() is None, f"dagster dev exited early:\n{log.read_text()[-3000:]}"
-                assert time.time() - t0 < timeout, f"code location did not load in {timeout} s:\n{log.read_text()[-3000:]}"
-                try:
-                    entries = graphql(port, q)["workspaceOrError"]["locationEntries"]
-                    if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                        break
-                except OSError:
-                    pass
-                time.sleep(1.0)
-            graphql(port, "mutation { setNuxSeen }")  # the first-visit community pop-up would cover the page
-            yield port, log
-        finally:  # dagster dev, its webserver, daemon and code servers share one process group
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
-            proc.wait()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    full = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1", **env}
+    log = tmp / f"dagster_dev-{port}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-m", "dagster_project",
+                                 "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=full, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        q = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+        t0 = time.time()
+        while True:
+            assert proc.poll() is None, f"dagster dev exited early:\n{log.read_text()[-3000:]}"
+            assert time.time() - t0 < timeout, f"code location did not load in {timeout} s:\n{log.read_text()[-3000:]}"
+            try:
+                entries = graphql(port, q)["workspaceOrError"]["locationEntries"]
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    break
+            except OSError:
+                pass
+            time.sleep(1.0)
+        graphql(port, "mutation { setNuxSeen }")  # the first-visit community pop-up would cover the page
+        yield port, log
+    finally:  # dagster dev, its webserver, daemon and code servers share one process group
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        proc.wait()
 
-    return run()
