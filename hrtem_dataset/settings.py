@@ -1,8 +1,10 @@
 """The environment, read in one place: every ``HRTEM_*`` variable and the Hugging Face ones the project uses.
 
 :func:`get_settings` returns a :class:`Settings` validated from the environment (pydantic-settings); no
-other module reads ``os.environ``. It is rebuilt on each call (microseconds), so a variable set by a test,
-a Dagster run worker or ``hrtem --workspace`` is seen by the next call.
+other module reads ``os.environ``. The environment is read once per distinct environment: the settings are
+cached under the tuple of the variables they read (every ``HRTEM_*`` and the Hugging Face ones below), so
+repeated calls return the same (frozen) object without validating again, while a variable set or changed by
+a test, a Dagster run worker or ``hrtem --workspace`` is seen by the next call.
 
 =========================  =================================================================  ============
 variable                   meaning                                                            default
@@ -31,6 +33,7 @@ caller's default (``./.hrtem``; ``<out>/.hrtem`` for ``hrtem materialize`` and `
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -39,12 +42,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import InputError
 
 TRUE = ("1", "true", "yes", "on")
+PREFIX = "HRTEM_"
+HF_VARIABLES = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class Settings(BaseSettings):
-    """The project's environment variables (empty values count as unset)."""
+    """The project's environment variables (empty values count as unset); frozen, as it is shared."""
 
-    model_config = SettingsConfigDict(env_prefix="HRTEM_", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
     home: Path | None = None
     engine: str | None = None
@@ -82,11 +87,27 @@ class Settings(BaseSettings):
         return [Path(p) for p in (value or "").split(os.pathsep) if p]
 
 
+def _relevant_environment() -> tuple[tuple[str, str], ...]:
+    """The environment items the settings read (names matched case-insensitively, as pydantic-settings does)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items()
+                        if k.upper().startswith(PREFIX) or k.upper() in HF_VARIABLES))
+
+
 def get_settings() -> Settings:
-    """The settings, read from the environment now (:class:`InputError` naming a malformed variable)."""
+    """The settings of the current environment (:class:`InputError` naming a malformed variable).
+
+    Read once per distinct environment: the validated :class:`Settings` is cached under the tuple of the
+    ``HRTEM_*`` and Hugging Face items of ``os.environ``, so an unchanged environment returns the same object
+    and a changed variable gives new settings at the next call (a malformed one raises every time)."""
+    return _settings_for(_relevant_environment())
+
+
+@lru_cache(maxsize=16)
+def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
+    """:class:`Settings` validated from ``os.environ``, whose relevant items are ``environment``."""
     try:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = f"HRTEM_{str(err['loc'][0]).upper()}" if err.get("loc") else "environment"
+        name = f"{PREFIX}{str(err['loc'][0]).upper()}" if err.get("loc") else "environment"
         raise InputError(f"{name}: {err['msg']}") from None
