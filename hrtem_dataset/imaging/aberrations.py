@@ -39,21 +39,20 @@ POLAR_SYMBOLS: tuple[str, ...] = (
     "C50", "C52", "phi52", "C54", "phi54", "C56", "phi56",
 )  # fmt: skip
 
-#: abTEM aliases (``defocus`` is handled separately: it is −C10).
-POLAR_ALIASES: dict[str, str] = {
-    "Cs": "C30", "C5": "C50",
-    "astigmatism": "C12", "astigmatism_angle": "phi12",
-    "astigmatism3": "C32", "astigmatism3_angle": "phi32",
-    "astigmatism5": "C52", "astigmatism5_angle": "phi52",
-    "coma": "C21", "coma_angle": "phi21",
-    "coma4": "C41", "coma4_angle": "phi41",
-    "trefoil": "C23", "trefoil_angle": "phi23",
-    "trefoil4": "C43", "trefoil4_angle": "phi43",
-    "quadrafoil": "C34", "quadrafoil_angle": "phi34",
-    "quadrafoil5": "C54", "quadrafoil5_angle": "phi54",
-    "pentafoil": "C45", "pentafoil_angle": "phi45",
-    "hexafoil": "C56", "hexafoil_angle": "phi56",
+#: abTEM's names of the non-round aberrations -> their ``nm`` (``NAME`` is C_nm, ``NAME_angle`` is phi_nm).
+_NAMED_ABERRATIONS: dict[str, str] = {
+    "astigmatism": "12", "astigmatism3": "32", "astigmatism5": "52", "coma": "21", "coma4": "41",
+    "trefoil": "23", "trefoil4": "43", "quadrafoil": "34", "quadrafoil5": "54", "pentafoil": "45",
+    "hexafoil": "56",
 }  # fmt: skip
+
+#: abTEM aliases (``defocus`` is handled separately: it is −C10): ``Cs`` = C30, ``C5`` = C50 and the
+#: ``NAME``/``NAME_angle`` pair of every named aberration.
+POLAR_ALIASES: dict[str, str] = {"Cs": "C30", "C5": "C50"} | {
+    alias: symbol
+    for name, nm in _NAMED_ABERRATIONS.items()
+    for alias, symbol in ((name, f"C{nm}"), (f"{name}_angle", f"phi{nm}"))
+}
 
 # (n, m) of each magnitude coefficient; n is the order in α^(n+1).
 _TERMS: tuple[tuple[int, int], ...] = (
