@@ -58,14 +58,19 @@ from .spectra import crop_spectrum
 def phase_field(
     particle_waves,
     sampling: float | Sequence[float] = 0.1,
-    blur: float = 1.0,
-    defocus: float = 0.0,
+    *,
     energy: float = 300e3,
-    pixel_size: float | Sequence[float] | None = None,
+    defocus: float = 0.0,
     signed: bool = False,
+    blur: float = 1.0,
+    pixel_size: float | Sequence[float] | None = None,
 ) -> np.ndarray:
     """Blurred (|)phase(|) [rad] of the particle wave at the plane ``defocus`` [Å] (= −C10, > 0 above the
-    exit plane), Fourier-cropped to ``pixel_size``; float32 on the output grid."""
+    exit plane), Fourier-cropped to ``pixel_size``; float32 on the output grid.
+
+    Keyword options in the order of the computation: the beam ``energy`` [eV] and ``defocus`` pick the
+    plane, ``signed`` keeps the sign of the phase (else |phase|), ``blur`` is the Gaussian σ [Å] and
+    ``pixel_size`` [Å] the output grid (``None``: the simulation grid)."""
     s = as_pair(sampling, "sampling")
     if not (math.isfinite(blur) and blur >= 0):
         raise InputError(f"blur: must be >= 0 Å, got {blur}")
@@ -92,22 +97,16 @@ def phase_field(
 
 
 def phase_mask(
-    particle_waves,
-    sampling: float | Sequence[float] = 0.1,
-    threshold: float = math.pi / 16,
-    blur: float = 1.0,
-    defocus: float = 0.0,
-    energy: float = 300e3,
-    pixel_size: float | Sequence[float] | None = None,
-    signed: bool = False,
+    particle_waves, sampling: float | Sequence[float] = 0.1, *, threshold: float = math.pi / 16, **field
 ) -> np.ndarray:
-    """Particle mask, bool, (nx, ny) or the ``pixel_size`` grid: Gaussian-blurred (σ = ``blur`` Å)
-    |phase| of the particles-in-vacuum wave > ``threshold`` rad (see the module docstring). With the
-    contract defaults the phase is taken at the exit plane; ``make_labels`` passes the structure's
-    zero defocus as ``defocus``."""
+    """Particle mask, bool, (nx, ny) or the ``pixel_size`` grid: :func:`phase_field` > ``threshold`` rad,
+    i.e. the Gaussian-blurred (σ = ``blur`` Å) |phase| of the particles-in-vacuum wave (see the module
+    docstring). ``field``: the keyword options of :func:`phase_field` (``energy``, ``defocus``, ``signed``,
+    ``blur``, ``pixel_size``). With the contract defaults the phase is taken at the exit plane;
+    ``make_labels`` passes the structure's zero defocus as ``defocus``."""
     if not (0 < threshold < math.pi):
         raise InputError(f"threshold: must be in (0, π) rad, got {threshold}")
-    return phase_field(particle_waves, sampling, blur, defocus, energy, pixel_size, signed) > threshold
+    return phase_field(particle_waves, sampling, **field) > threshold
 
 
 def _circular_mean(labels: np.ndarray, theta: np.ndarray, n: int) -> np.ndarray:
@@ -264,16 +263,8 @@ def make_labels(
         zd = calibrate_zero_defocus(particle_waves, s, energy, atoms=atoms)
     else:
         zd = float(zero_defocus)
-    mask = phase_mask(
-        particle_waves,
-        s,
-        spec.threshold,
-        spec.blur,
-        defocus=zd,
-        energy=energy,
-        pixel_size=pixel_size,
-        signed=spec.phase == "signed",
-    )
+    mask = phase_mask(particle_waves, s, threshold=spec.threshold, energy=energy, defocus=zd,
+                      signed=spec.phase == "signed", blur=spec.blur, pixel_size=pixel_size)
     instances = instance_map(atoms, mask, px)
     table = particle_table(atoms, instances, px)
     return {
