@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .options import Engine, device_option, quiet_option
+from .options import Engine, device_override_option, engine_override_option, quiet_option, workspace_option
 
 
 def run_graph(run, *args, **kw) -> dict:
@@ -40,11 +40,9 @@ def check_out_folder(out: Path) -> None:
 def materialize_command(
     config: Path = typer.Argument(..., help="dataset configuration YAML (a DatasetSpec, e.g. configs/demo.yaml)"),
     out: Path = typer.Option(Path("build"), "--out", help="output folder: DIR/dataset, DIR/model"),
-    workspace: Path | None = typer.Option(None, "--workspace",
-                                          help="intermediate artifacts (default $HRTEM_HOME, else DIR/.hrtem)"),
-    engine: Engine | None = typer.Option(None, "--engine", help="override the config's multislice engine"),
-    device: str | None = device_option(None, simulation=True, help="override the config's device (the shipped "
-                                       "configs say auto = CUDA when available, else the CPU)"),
+    workspace: Path | None = workspace_option(),
+    engine: Engine | None = engine_override_option("config's"),
+    device: str | None = device_override_option("config's"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Materialize every asset of CONFIG in process with a local Dagster instance (SQLite in DIR/.dagster).

@@ -1,5 +1,7 @@
 """Options shared by the commands: ``--device`` (default ``auto`` everywhere, checked before any work),
-``--engine`` (a choice shown in ``--help``) and ``--quiet`` (no progress on stderr)."""
+``--engine`` (a choice shown in ``--help``) and ``--quiet`` (no progress on stderr); ``--workspace``,
+``--engine`` and ``--device`` overrides of the in-process graph runs (``hrtem materialize``, ``hrtem study run``).
+Each is a factory returning a fresh ``typer.Option`` for a parameter default."""
 
 from __future__ import annotations
 
@@ -57,3 +59,19 @@ def device_option(default: str | None = "auto", *, simulation: bool = False, hel
 
 def quiet_option():
     return typer.Option(False, "--quiet", "-q", help="No progress display or notes on stderr (errors still are).")
+
+
+def workspace_option():
+    """``--workspace`` of an in-process graph run (the intermediate artifacts)."""
+    return typer.Option(None, "--workspace", help="intermediate artifacts (default $HRTEM_HOME, else DIR/.hrtem)")
+
+
+def engine_override_option(source: str):
+    """``--engine`` overriding the multislice engine of ``source`` (e.g. ``"config's"``)."""
+    return typer.Option(None, "--engine", help=f"override the {source} multislice engine")
+
+
+def device_override_option(source: str):
+    """``--device`` overriding the device of ``source`` (simulation devices; no override by default)."""
+    return device_option(None, simulation=True, help=f"override the {source} device (the shipped configs say "
+                         "auto = CUDA when available, else the CPU)")

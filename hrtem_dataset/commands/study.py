@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .options import Engine, device_option, quiet_option
+from .options import Engine, device_override_option, engine_override_option, quiet_option, workspace_option
 
 study_app = typer.Typer(help="Studies: models trained on variants of a dataset, evaluated on identical sets.",
                         no_args_is_help=True)
@@ -16,11 +16,9 @@ study_app = typer.Typer(help="Studies: models trained on variants of a dataset, 
 def run_command(
     spec: Path = typer.Argument(..., help="study YAML (configs/studies/*.yaml)"),
     out: Path = typer.Option(..., "--out", help="output folder: DIR/study/ (report), DIR/.dagster, DIR/.hrtem"),
-    workspace: Path | None = typer.Option(None, "--workspace",
-                                          help="intermediate artifacts (default $HRTEM_HOME, else DIR/.hrtem)"),
-    engine: Engine | None = typer.Option(None, "--engine", help="override the configs' multislice engine"),
-    device: str | None = device_option(None, simulation=True, help="override the configs' device (the shipped "
-                                       "configs say auto = CUDA when available, else the CPU)"),
+    workspace: Path | None = workspace_option(),
+    engine: Engine | None = engine_override_option("configs'"),
+    device: str | None = device_override_option("configs'"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Materialize the study's assets in process (resumable: finished datasets, models and evaluations are
