@@ -21,12 +21,14 @@ share the sample loading, crop choice and augmentation of this module; they are 
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.imaging import conditions_to_tensors, image_batch, sample_imaging_conditions
@@ -165,8 +167,6 @@ def read_manifest(folder: str | Path, path: str | Path | None = None) -> dict[st
     """Per-image pixel sizes (Å) from ``path`` or ``folder/MANIFEST.csv`` (columns ``name,pixel_size_angstrom``;
     other columns are ignored; ``name`` is the image's file name with or without suffix). ``{}`` when
     ``path`` is None and the folder has no manifest."""
-    import csv
-
     if path is None:
         path = Path(folder) / MANIFEST
         if not path.is_file():
@@ -272,6 +272,29 @@ def choose_crop(shapes: list[tuple[int, int]], image_size: int | None, multiple:
     return max(multiple, (c // multiple) * multiple)
 
 
+def epoch_batches(rng: np.random.Generator, n: int, samples_per_epoch: int,
+                  batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, indices)`` of the batches of one epoch of ``samples_per_epoch`` draws from ``n`` samples:
+    whole permutations (drawn from ``rng`` before the first batch) concatenated and cut to length."""
+    order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(samples_per_epoch / n))])
+    order = order[:samples_per_epoch]
+    for start in range(0, len(order), batch_size):
+        yield start, order[start:start + batch_size]
+
+
+def random_crop(rng: np.random.Generator, image, mask, crop: int, augment: bool = True):
+    """The same random ``crop``² window of ``image`` and ``mask`` (the window's row and column drawn from
+    ``rng``; a side shorter than ``crop`` is kept whole) and, with ``augment``, one random dihedral transform
+    of both (rotation, then transpose, drawn next); numpy or torch."""
+    r0 = int(rng.integers(0, max(1, image.shape[0] - crop + 1)))
+    c0 = int(rng.integers(0, max(1, image.shape[1] - crop + 1)))
+    x, y = image[r0:r0 + crop, c0:c0 + crop], mask[r0:r0 + crop, c0:c0 + crop]
+    if augment:
+        k, t = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = dihedral(x, k, t), dihedral(y, k, t)
+    return x, y
+
+
 def _pad_to(a: np.ndarray, size: int, mode: str) -> np.ndarray:
     ph, pw = max(0, size - a.shape[-2]), max(0, size - a.shape[-1])
     if ph == 0 and pw == 0:
@@ -305,21 +328,10 @@ class CropBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = np.random.default_rng(derive_seed(self.seed, "batches", int(epoch)))
-        n = len(self.images)
-        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(self.samples_per_epoch / n))])
-        order = order[: self.samples_per_epoch]
-        c = self.crop
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for _, idx in epoch_batches(rng, len(self.images), self.samples_per_epoch, self.batch_size):
             xs, ys = [], []
-            for i in idx:
-                img, m = self.images[i], self.masks[i]
-                r0 = int(rng.integers(0, img.shape[0] - c + 1))
-                c0 = int(rng.integers(0, img.shape[1] - c + 1))
-                x, y = img[r0:r0 + c, c0:c0 + c], m[r0:r0 + c, c0:c0 + c]
-                if self.augment:
-                    k, t = int(rng.integers(4)), bool(rng.integers(2))
-                    x, y = dihedral(x, k, t), dihedral(y, k, t)
+            for i in idx:  # the images are padded to the crop: every window lies inside
+                x, y = random_crop(rng, self.images[i], self.masks[i], self.crop, self.augment)
                 if self.realistic:
                     x = degrade(x, rng)
                 xs.append(np.ascontiguousarray(x))
@@ -351,8 +363,6 @@ class OnTheFlyImaging:
         return max(1, math.ceil(self.samples_per_epoch / self.batch_size))
 
     def _render(self, batch: list[WaveSample], seeds: list[int], generator):
-        import torch
-
         # one of the spec's conditions per sample (a series spec yields several per draw)
         conds = []
         for s in seeds:
@@ -366,8 +376,6 @@ class OnTheFlyImaging:
     def render_samples(self, samples: list[WaveSample], key: str = "validation") -> list[Sample]:
         """Image ``samples`` once with conditions seeded by (seed, key, index): a fixed, reproducible
         validation set of :class:`Sample` s from an ``exit_waves`` split."""
-        import torch
-
         gen = torch.Generator(device=self.device)
         gen.manual_seed(derive_seed(self.seed, key, "noise") % (2**63))
         out = []
@@ -380,17 +388,10 @@ class OnTheFlyImaging:
         return out
 
     def epoch(self, epoch: int):
-        import torch
-
         rng = np.random.default_rng(derive_seed(self.seed, "batches", int(epoch)))
         gen = torch.Generator(device=self.device)
         gen.manual_seed(derive_seed(self.seed, "imaging-noise", int(epoch)) % (2**63))
-        n = len(self.samples)
-        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(self.samples_per_epoch / n))])
-        order = order[: self.samples_per_epoch]
-        c = self.crop
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start, idx in epoch_batches(rng, len(self.samples), self.samples_per_epoch, self.batch_size):
             batch = [self.samples[i] for i in idx]
             seeds = [derive_seed(self.seed, "imaging", int(epoch), int(start + j)) for j in range(len(idx))]
             imgs = self._render(batch, seeds, gen).float()
@@ -402,10 +403,7 @@ class OnTheFlyImaging:
                 if tuple(img.shape) != tuple(m.shape):
                     raise InputError(f"on-the-fly imaging: image shape {tuple(img.shape)} != mask shape "
                                      f"{tuple(m.shape)} for {w.name}")
-                r0 = int(rng.integers(0, max(1, img.shape[0] - c + 1)))
-                c0 = int(rng.integers(0, max(1, img.shape[1] - c + 1)))
-                x, y = img[r0:r0 + c, c0:c0 + c], m[r0:r0 + c, c0:c0 + c]
-                k, t = int(rng.integers(4)), bool(rng.integers(2))
-                xs.append(dihedral(x, k, t))
-                ys.append(dihedral(y, k, t))
+                x, y = random_crop(rng, img, m, self.crop)
+                xs.append(x)
+                ys.append(y)
             yield torch.stack(xs)[:, None], torch.stack(ys)
