@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock, Timeout
 
 from hrtem_dataset import progress
 from hrtem_dataset.errors import InputError
@@ -97,8 +98,6 @@ LOCK_NAME = ".hrtem-materialize.lock"
 def _single_writer(out: Path):
     """One ``hrtem materialize`` per output folder: a second writer exits with one line instead of
     interleaving its files with the first's (an OS file lock, released when the process ends)."""
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(out / LOCK_NAME), timeout=0)
     try:
         lock.acquire()

@@ -17,6 +17,7 @@ import sys
 
 import typer
 
+from . import __version__
 from .errors import InputError
 
 app = typer.Typer(
@@ -32,8 +33,6 @@ _COMMAND_MODULES = ["structures", "simulate", "dataset", "models", "materialize"
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
-
         typer.echo(__version__)
         raise typer.Exit(0)
 

@@ -8,6 +8,7 @@ could read. Directories are built under a temporary name and renamed into place 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -142,9 +143,6 @@ def check_output_folder(path: str | os.PathLike, allowed: tuple[str, ...], optio
                         foreign_message: str = "folder holds files this command did not write") -> Path:
     """Fail early when ``path`` is a file, a folder holding anything but ``allowed`` glob patterns (a
     previous output of the same command), or cannot be written."""
-    import fnmatch
-
-
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{option} {p}: exists and is not a directory")

@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -63,17 +63,13 @@ class Strict(BaseModel):
 
 def _allows_bool(annotation) -> bool:
     """Whether ``bool`` (or ``Any``) occurs anywhere in a field's type."""
-    import typing
-
     if annotation is bool or annotation is Any:
         return True
-    return any(_allows_bool(a) for a in typing.get_args(annotation))
+    return any(_allows_bool(a) for a in get_args(annotation))
 
 
 def _is_mapping_type(annotation) -> bool:
-    import typing
-
-    return typing.get_origin(annotation) is dict or any(_is_mapping_type(a) for a in typing.get_args(annotation))
+    return get_origin(annotation) is dict or any(_is_mapping_type(a) for a in get_args(annotation))
 
 
 # --------------------------------------------------------------------------------------------------

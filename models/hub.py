@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 from hrtem_dataset.dataset.card import hub_tag
@@ -417,9 +419,6 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
     comes from ``token`` or the environment (``HF_TOKEN``) and is never printed. With ``HF_HUB_OFFLINE=1``
     this raises :class:`InputError`. Returns the commit URL.
     """
-    import shutil
-    import tempfile
-
     from huggingface_hub import HfApi
 
     if hub_offline():

@@ -17,6 +17,7 @@ Anything unreadable raises :class:`~hrtem_dataset.errors.InputError` naming the 
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 from pathlib import Path
@@ -75,8 +76,6 @@ def _as_2d(data, path: Path) -> np.ndarray:
 
 
 def _read_rsciio(path: Path, module: str | None = None) -> tuple[np.ndarray, float | None]:
-    import importlib
-
     module = module or RSCIIO_READERS[path.suffix.lower()]
     file_reader = importlib.import_module(f"rsciio.{module}").file_reader
     signals = file_reader(str(path))

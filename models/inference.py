@@ -12,11 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.io import atomic_path, check_output_file
@@ -56,8 +59,6 @@ def predict_proba(model, image: np.ndarray, *, tile: int = 512, overlap: int = 6
     larger ones are cut into ``tile``² tiles overlapping by ``overlap`` pixels and blended with a
     separable linear-ramp window.
     """
-    import torch
-
     dev = _device(device)
     model = model.to(dev).eval()
     mult = size_multiple(model)
@@ -212,9 +213,6 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
     image is read and checked before the model runs; ``out_dir`` must be new or empty, and is filled in a
     temporary folder renamed into place at the end (all files or none).
     """
-    import shutil
-    import tempfile
-
     from rich.progress import Progress
 
 

@@ -30,6 +30,7 @@ import dataclasses
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import ValidationError
 
 from hrtem_dataset.errors import InputError
@@ -146,10 +148,6 @@ def load_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoin
     """A training checkpoint, loaded safely: ``torch.load(weights_only=True)`` only rebuilds tensors and
     plain Python containers/scalars, never arbitrary objects, so a crafted file cannot run code. Anything
     else (a pickle of other objects, a corrupt or foreign file) raises :class:`InputError` naming the file."""
-    import pickle
-
-    import torch
-
     p = Path(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
@@ -240,8 +238,6 @@ def validate(model, samples: list[Sample], *, device=None, detection: bool = Fal
 
 
 def _make_schedule(opt, cfg: TrainConfig, total_steps: int):
-    import torch
-
     if cfg.schedule == "onecycle" and total_steps >= 3:
         # warm-up over 25 % of the steps (at least 1.5 steps, which OneCycleLR needs to be well defined)
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
@@ -320,8 +316,6 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     completed, time_s)``; ``completed`` is False when ``stop_after_steps`` ended the run early (the
     checkpoint then lets the next call resume).
     """
-    import torch
-
     unknown = set(hyper) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise TypeError(f"train() got unexpected keyword arguments {sorted(unknown)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -13,8 +14,6 @@ from .options import device_option, quiet_option
 
 def _check_pixel_size(value: float | None, flag: str) -> None:
     """A pixel size given on the command line is a positive, finite number of Å (even where it is unused)."""
-    import math
-
     if value is not None and not (math.isfinite(value) and value > 0):
         raise InputError(f"{flag}: must be a positive number of Å, got {value}")
 

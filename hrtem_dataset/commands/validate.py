@@ -9,6 +9,7 @@ Scherzer's formula (see :mod:`hrtem_dataset.validation`). One JSON line on stdou
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -45,8 +46,6 @@ def validate_command(
 
 def _validate(scene, out, reference, config, quick, tolerance, energy, sampling, slice_thickness,
               parametrization) -> None:
-    import math
-
     from pydantic import ValidationError
 
     from .. import progress

@@ -12,6 +12,8 @@ p_lab = R @ p_crystal + centre; the beam travels along the lab z axis.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy.spatial.transform import Rotation
 
@@ -25,8 +27,6 @@ def parse_zone_axis(s: str) -> tuple[int, int, int]:
     body = s.strip().strip("[]")
     parts = [p for p in body.replace(",", " ").split()]
     if len(parts) == 1:
-        import re
-
         parts = re.findall(r"-?\d", parts[0])
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 

@@ -8,7 +8,12 @@
 - :mod:`.steps` — one function per Dagster asset;
 - :mod:`.report` — study.json, the study card and plots.
 
-No Dagster imports here (``dagster_project/studies.py`` wraps the steps as assets).
+Layer: studies are an application of the library, above :mod:`models` (the layers contract in
+``pyproject.toml``: cli > commands > dagster_project > hrtem_dataset.studies > models > hrtem_dataset.stages).
+A study trains and evaluates models on datasets the stages build, so it imports :mod:`models` at module
+level; the dataset library below it (stages down to errors) imports neither :mod:`models` nor Dagster, and
+:mod:`models` imports no study (forbidden contracts, checked by ``tests/test_architecture.py``). No Dagster
+imports here either (``dagster_project/studies.py`` wraps the steps as assets).
 """
 
 from .report import render_report, write_report

@@ -20,6 +20,7 @@ simulated and the ones taken from the store (cumulated over runs).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -274,8 +275,6 @@ def check_transfer(study: Study) -> dict | None:
 def subset_folder(src: Path, names: list[str], dest: Path) -> Path:
     """A folder ``images/`` + ``masks/`` + ``MANIFEST.csv`` holding only ``names`` of ``src`` (hard links;
     manifest rows copied). Built atomically; an existing folder with the same names is kept."""
-    import csv
-
     src, dest = Path(src), Path(dest)
     marker = dest / ".names.json"
     if marker.is_file() and json.loads(marker.read_text()) == sorted(names):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,6 @@ def train_member(study: Study, variant: str, seed: int, root=None, *, device: st
 
 def _pretrain(study: Study, seed: int, root, device) -> dict:
     """The simulation-trained model of a transfer study whose k list has no 0 (stored like a k0 model)."""
-    from dataclasses import replace
-
     k0 = replace(study.variants[0], name="k0", k=0, mode=None)
     tmp = Study(**{**study.__dict__, "variants": [k0, *study.variants]})
     return train_member(tmp, "k0", seed, root, device=device)

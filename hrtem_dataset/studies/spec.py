@@ -20,6 +20,7 @@ validation with one line naming the key (:class:`~hrtem_dataset.errors.InputErro
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,8 +113,6 @@ class StudySpec(Strict):
         if self.variants is not None:
             if not self.variants:
                 raise ValueError("variants: needs at least one variant")
-            import re
-
             for name, over in self.variants.items():
                 if not re.match(NAME, str(name)):
                     raise ValueError(f"variants: name {name!r} must match {NAME}")
