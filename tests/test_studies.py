@@ -339,3 +339,27 @@ def test_transfer_axis_tiny(tmp_path):
     assert "encoder" in json.dumps(cfg)
     assert (out / "study" / "plots" / "real-heldout_lab.png").is_file()
     assert "k = 1 real images, frozen" in (out / "study" / "README.md").read_text()
+
+
+def test_identical_variants_train_once(tmp_path):
+    """Two variants with identical settings have the same model fingerprint: the second links the first's
+    complete model folder instead of training (no training call happens here: a fresh fingerprint would)."""
+    from hrtem_dataset.studies import members
+
+    root = tmp_path / "models"
+    first = root / "phonons-2" / "seed-0"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text("{}")
+    (first / "model.safetensors").write_bytes(b"weights")
+    (first / ".study-metrics.json").write_text('{"val_f1": 0.9}')
+    (first / members.FINGERPRINT).write_text("fp-same\n")
+    twin = root / "sampling-0.1" / "seed-0"
+    res = members._train(twin, "fp-same", models_root=root, dataset="unused")
+    assert res["reused"] and res["copied_from"] == str(first) and res["metrics"] == {"val_f1": 0.9}
+    assert (twin / "model.safetensors").stat().st_ino == (first / "model.safetensors").stat().st_ino
+    assert members._complete(twin, "fp-same")
+    again = members._train(twin, "fp-same", models_root=root)  # now complete in place
+    assert again["reused"] and "copied_from" not in again
+    # another seed (another fingerprint) finds no twin, and leftovers of the copy are never left behind
+    assert members._find_complete(root, "fp-other", root / "x") is None
+    assert not [p for p in twin.parent.iterdir() if p.name.startswith(".")]

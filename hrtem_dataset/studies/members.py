@@ -10,8 +10,10 @@ trains with ``derive_seed(study.seed, "train", s)`` for every variant (paired co
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,58 @@ def _complete(out: Path, fp: str) -> bool:
             and f.read_text().strip() == fp)
 
 
-def _train(out: Path, fp: str, *, device=None, **kw) -> dict:
-    """Train into ``out`` unless a complete model with fingerprint ``fp`` is there."""
+def _find_complete(models_root: Path | None, fp: str, exclude: Path) -> Path | None:
+    """Another complete model folder under ``models_root`` with fingerprint ``fp`` (a variant with identical
+    settings, e.g. the shared base of two series), or None."""
+    if models_root is None or not models_root.is_dir():
+        return None
+    for f in sorted(models_root.glob(f"**/{FINGERPRINT}")):
+        if f.parent.resolve() != exclude.resolve() and _complete(f.parent, fp):
+            return f.parent
+    return None
+
+
+def _link_tree(src: Path, out: Path) -> None:
+    """``out`` becomes a copy of ``src`` (files hard-linked where the file system allows), atomically."""
+    tmp = out.parent / f".{out.name}.copy-{uuid.uuid4().hex[:8]}"
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    try:
+        shutil.copytree(src, tmp, copy_function=link)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reused(out: Path, fp: str, copied_from: Path | None = None) -> dict:
+    m = out / ".study-metrics.json"
+    res = {"path": str(out), "fingerprint": fp, "reused": True,
+           "metrics": json.loads(m.read_text()) if m.is_file() else {}}
+    if copied_from is not None:
+        res["copied_from"] = str(copied_from)
+    return res
+
+
+def _train(out: Path, fp: str, *, device=None, models_root: Path | None = None, **kw) -> dict:
+    """Train into ``out`` unless a complete model with fingerprint ``fp`` is there or elsewhere under
+    ``models_root`` (then it is linked into ``out``: the fingerprint covers the data, the training
+    settings and the seed, so two variants with identical settings train once)."""
 
     if _complete(out, fp):
-        m = out / ".study-metrics.json"
-        return {"path": str(out), "fingerprint": fp, "reused": True,
-                "metrics": json.loads(m.read_text()) if m.is_file() else {}}
+        return _reused(out, fp)
+    twin = _find_complete(models_root, fp, out)
+    if twin is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _link_tree(twin, out)
+        return _reused(out, fp, twin)
     f, pending = out / FINGERPRINT, out / ".study-fingerprint.pending"
     if any(p.is_file() and p.read_text().strip() != fp for p in (f, pending)):
         shutil.rmtree(out)  # a model (or an interrupted training) of another spec: start over
@@ -87,7 +134,8 @@ def train_member(study: Study, variant: str, seed: int, root=None, *, device: st
         fp = spec_hash({"images": images_fingerprint(spec, root), "dataset": spec.hash(),
                         "training": study.spec.training.model_dump(mode="json", exclude={"min_f1"}),
                         "seed": train_seed, "max_samples": max_samples})
-        res = _train(out, fp, device=device, dataset=data, config=spec.config_name, max_samples=max_samples,
+        res = _train(out, fp, device=device, models_root=study_dir(study, root) / "models", dataset=data,
+                     config=spec.config_name, max_samples=max_samples,
                      seed=train_seed, model_name=f"{study.name}-{variant}-seed{seed}", **_hyper(study))
         return {"variant": variant, "seed": int(seed), "train_seed": train_seed, "dataset": spec.config_name,
                 "dataset_spec_hash": spec.hash(), "max_samples": max_samples, "models": [res],
@@ -113,7 +161,8 @@ def train_member(study: Study, variant: str, seed: int, root=None, *, device: st
         fp = spec_hash({"base": base["models"][0]["fingerprint"] if base else None, "mode": v.mode, "k": v.k,
                         "images": plan["folds"][f]["pool"][:v.k], "folder": plan["hash"], "hyper": hyper,
                         "seed": fseed})
-        models.append(_train(out / f"fold-{f}", fp, device=device, user_data=train_dir, seed=fseed,
+        models.append(_train(out / f"fold-{f}", fp, device=device, models_root=study_dir(study, root) / "models",
+                             user_data=train_dir, seed=fseed,
                              model_name=f"{study.name}-{variant}-seed{seed}-fold{f}", **hyper, **extra))
     return {"variant": variant, "seed": int(seed), "train_seed": train_seed, "k": v.k, "mode": v.mode,
             "models": models, "reused": all(m["reused"] for m in models),
