@@ -5,8 +5,8 @@ All engines share the conventions of :mod:`.torch_engine` (grid ``ceil(L / sampl
 |ψ| = 1, arrays indexed [x, y], complex64) and the same frozen-phonon configurations
 (:mod:`.phonons`, seeded by ``derive_seed(seed, "phonons", i)``), so engines agree wave by wave.
 
-The abTEM and Prismatic engines are imported inside the functions that use them: optional dependencies,
-loaded only when that engine is chosen (no import cycle is dodged; ``tests/test_architecture.py``).
+The abTEM and Prismatic engine modules import their optional libraries (abtem, pyprismatic) inside the
+functions that need them, so importing this module never needs the optional extras.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms
 from pydantic import ValidationError
 
@@ -22,7 +23,9 @@ from .. import __version__
 from ..device import resolve_device
 from ..errors import InputError, format_validation_error
 from ..specs import SimulationSpec
+from .abtem_engine import abtem_version, exit_waves_abtem
 from .phonons import displaced_positions
+from .prismatic_engine import exit_waves_prismatic, prismatic_version
 from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
 
 ENGINES = ("torch", "abtem", "prismatic")
@@ -67,17 +70,10 @@ def _configurations(atoms: Atoms, phonons: int, seed: int, rms) -> np.ndarray:
 def engine_version(engine: str) -> str:
     """A version string for the engine (recorded with every wave as lineage)."""
     if engine == "torch":
-        import torch
-
-
         return f"hrtem_dataset-{__version__}+torch-{torch.__version__}"
     if engine == "abtem":
-        from .abtem_engine import abtem_version
-
         return f"abtem-{abtem_version()}"
     if engine == "prismatic":
-        from .prismatic_engine import prismatic_version
-
         return f"pyprismatic-{prismatic_version()}"
     raise InputError(f"engine: unknown {engine!r}")
 
@@ -122,14 +118,10 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
                 results[i] = waves[start:start + len(configs[i])]
                 start += len(configs[i])
     elif engine == "abtem":
-        from .abtem_engine import exit_waves_abtem
-
         for i, a in enumerate(items):
             results[i] = exit_waves_abtem(a, configs[i], sampling, energy, slice_thickness, parametrization,
                                           device)
     else:
-        from .prismatic_engine import exit_waves_prismatic
-
         for i, a in enumerate(items):
             results[i] = exit_waves_prismatic(a, configs[i], sampling, energy, slice_thickness,
                                               parametrization, phonons=int(phonons), seed=seeds[i], rms=rms)
@@ -207,9 +199,4 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
 
 
 def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # pragma: no cover
-        return False
+    return bool(torch.cuda.is_available())

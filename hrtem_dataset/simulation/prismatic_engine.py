@@ -40,8 +40,10 @@ The measured differences from the torch engine are in the README ("Prismatic").
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -264,9 +266,6 @@ def _home(path: str):
 def _quiet_stdout():
     """Prismatic's C++ core prints its progress to file descriptor 1: send it to /dev/null so that the JSON
     lines of ``hrtem simulate`` on stdout stay clean."""
-    import io
-    import sys
-
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     try:
