@@ -2,17 +2,35 @@
 
 Reference scene (the structures benchmark's): 12.8 × 12.8 nm, 4 nm amorphous carbon at 2 g/cm³ plus a
 2.5 nm-radius Au sphere (≈ 70k atoms), 300 kV, 0.1 Å sampling (1280²), 2 Å slices, one configuration.
-Times are warm (second run). ``peak_rss_torch_gb`` is the process's peak RSS after the torch runs
-(before abTEM is imported). ``rel_l2_bilinear`` compares abTEM with the torch engine in its
-abTEM-compatible discretisation (bilinear structure factors), isolating the remaining pipeline.
-Usage: python benchmarks/exit_wave.py [--threads 2] [--device cpu|cuda] [--batch 0] [--no-abtem]
+One cold run per engine, then ``--repeat`` warm runs of each, interleaved (torch, abTEM, torch, ...) so
+both see the same machine state; min and median reported, ``speedup`` = abTEM median / torch median.
+``rel_l2_bilinear`` compares abTEM with the torch engine in its abTEM-compatible discretisation (bilinear
+structure factors), isolating the remaining pipeline.
+
+Breakdown: one more torch run under :func:`~hrtem_dataset.simulation.torch_engine.profile_phases` gives
+per phase (gridding, structure factors, potential, transmission, propagation) the wall seconds summed over
+threads, the CPU seconds and the FFTs it ran; the same FFTs are timed on their own (one torch thread,
+min of 5) in the same process: ``fft_floor_cpu_s`` is the CPU time those transforms need at the least,
+``fft_floor_wall_s`` that time spread over ``--threads`` cores, ``torch_over_fft_floor`` the engine's
+median over it (1.0 = nothing but the FFTs the multislice must do).
+
+Thread policy (CPU): torch uses ``--threads`` threads (default 2); with 2–3 threads the engine runs its
+FFTs single-threaded in the main thread and builds transmission functions in as many worker threads
+(one stream per core). ``--load N`` starts N CPU-bound competitor processes for the timed runs, to see
+how each engine degrades when the CPU is shared.
+Usage: python benchmarks/exit_wave.py [--threads 2] [--repeat 3] [--load 0] [--device cpu|cuda] [--batch 0]
+[--no-abtem]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
+import platform
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -49,11 +67,52 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def _stats(times: list[float]) -> dict:
+    return {"min_s": round(min(times), 3), "median_s": round(statistics.median(times), 3),
+            "runs_s": [round(t, 3) for t in times]}
+
+
+def _busy(stop) -> None:  # a CPU-bound competitor (pure Python loop, one core)
+    while not stop.is_set():
+        sum(range(10000))
+
+
+def fft_reference(gpts, threads: int = 1, repeat: int = 5) -> dict:
+    """Seconds of one complex64 fft2, one rfft2 and one irfft2 on ``gpts`` with ``threads`` torch threads (min)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(gpts, dtype=torch.complex64, generator=g)
+        r = torch.randn(gpts, generator=g)
+        zk = torch.fft.rfft2(r)
+        out = torch.empty_like(z)
+
+        def best(fn):
+            fn()
+            ts = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return min(ts)
+
+        return {"fft2_s": best(lambda: torch.fft.fft2(z, out=out)), "rfft2_s": best(lambda: torch.fft.rfft2(r)),
+                "irfft2_s": best(lambda: torch.fft.irfft2(zk, s=gpts))}
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3, help="warm timed runs per engine (after one cold run)")
     parser.add_argument("--batch", type=int, default=0, help="also time a batch of this many phonon configs")
+    parser.add_argument("--load", type=int, default=0,
+                        help="run this many CPU-bound competitor processes during the timed runs")
     parser.add_argument("--no-abtem", action="store_true")
     args = parser.parse_args()
 
@@ -61,42 +120,88 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from hrtem_dataset.simulation import simulate_exit_wave, simulate_exit_waves
+    from hrtem_dataset.simulation.torch_engine import profile_phases
 
     atoms = reference_scene()
     kw = dict(energy=300e3, sampling=0.1, slice_thickness=2.0, parametrization="lobato")
     out: dict = {"n_atoms": len(atoms), "cell": [float(c) for c in atoms.cell.lengths()], "device": args.device,
-                 "threads": args.threads, "torch": torch.__version__}
+                 "threads": args.threads, "torch": torch.__version__, "competitor_processes": args.load,
+                 "load_average_1min_before": round(os.getloadavg()[0], 2), "machine": platform.machine(),
+                 "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    cuda = args.device.startswith("cuda")
 
-    def timed(fn, repeat=2):
-        times = []
+    def timed(fn, repeat):
+        times, result = [], None
         for _ in range(repeat):
-            if args.device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             result = fn()
-            if args.device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         return result, times
 
-    wave, t = timed(lambda: simulate_exit_wave(atoms, device=args.device, **kw))
-    out["torch_s_cold"], out["torch_s"] = t[0], t[-1]
-    out["gpts"] = list(wave.shape)
-    if args.batch:
-        waves, tb = timed(lambda: simulate_exit_waves([atoms], phonons=args.batch, seed=0, device=args.device, **kw),
-                          repeat=1)
-        out["batch"] = args.batch
-        out["batch_s"] = tb[-1]
-        out["waves_per_s"] = args.batch / tb[-1]
-    out["peak_rss_torch_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    stop = mp.Event()
+    competitors = [mp.Process(target=_busy, args=(stop,), daemon=True) for _ in range(args.load)]
+    torch_run = lambda: simulate_exit_wave(atoms, device=args.device, **kw)  # noqa: E731
+    abtem_run = lambda: simulate_exit_wave(atoms, engine="abtem", device=args.device, **kw)  # noqa: E731
+    wave, cold = timed(torch_run, 1)
+    out["torch_s_cold"] = round(cold[0], 3)
     if not args.no_abtem:
-        ref, ta = timed(lambda: simulate_exit_wave(atoms, engine="abtem", device=args.device, **kw))
-        out["abtem_s_cold"], out["abtem_s"] = ta[0], ta[-1]
-        out["speedup"] = ta[-1] / t[-1]
+        ref, cold = timed(abtem_run, 1)
+        out["abtem_s_cold"] = round(cold[0], 3)
+    for c in competitors:
+        c.start()
+    try:
+        times = {"torch": [], "abtem": []}
+        for _ in range(args.repeat):  # interleaved, so both engines see the same machine state
+            times["torch"] += timed(torch_run, 1)[1]
+            if not args.no_abtem:
+                times["abtem"] += timed(abtem_run, 1)[1]
+    finally:
+        stop.set()
+        for c in competitors:
+            c.join()
+    out["torch"] = _stats(times["torch"])
+    out["torch_s"] = out["torch"]["median_s"]
+    out["gpts"] = list(wave.shape)
+    if not args.no_abtem:
+        out["abtem"] = _stats(times["abtem"])
+        out["abtem_s"] = out["abtem"]["median_s"]
+        out["speedup"] = round(out["abtem"]["median_s"] / out["torch"]["median_s"], 2)
+        out["speedup_min"] = round(out["abtem"]["min_s"] / out["torch"]["min_s"], 2)
         out["rel_l2"] = _rel(wave, ref)
         bil = simulate_exit_wave(atoms, device=args.device, structure_factors="bilinear", **kw)
         out["rel_l2_bilinear"] = _rel(bil, ref)
-        out["peak_rss_total_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+
+    # breakdown: one more torch run with the phase profiler, and the FFTs it ran timed on their own
+    with profile_phases() as phases:
+        t0 = time.perf_counter()
+        torch_run()
+        profiled = time.perf_counter() - t0
+    out["profiled_run_s"] = round(profiled, 3)
+    out["phases"] = {k: {"thread_s": round(v["s"], 3), "cpu_s": round(v["cpu_s"], 3), "fft2": v["fft2"],
+                         "rfft2": v["rfft2"]} for k, v in phases.items()}
+    if not cuda:
+        ref_fft = fft_reference(tuple(wave.shape))
+        n_fft2 = sum(v["fft2"] for v in phases.values())
+        n_rfft2 = phases.get("structure_factors", {}).get("rfft2", 0)
+        n_irfft2 = phases.get("potential", {}).get("rfft2", 0)
+        floor = n_fft2 * ref_fft["fft2_s"] + n_rfft2 * ref_fft["rfft2_s"] + n_irfft2 * ref_fft["irfft2_s"]
+        out["fft_reference_1_thread"] = {k: round(v * 1e3, 2) for k, v in ref_fft.items()} | {"unit": "ms"}
+        out["fft_count"] = {"fft2_or_ifft2": n_fft2, "rfft2": n_rfft2, "irfft2": n_irfft2}
+        out["fft_floor_cpu_s"] = round(floor, 3)
+        out["fft_floor_wall_s"] = round(floor / max(args.threads, 1), 3)
+        out["torch_over_fft_floor"] = round(out["torch"]["median_s"] / out["fft_floor_wall_s"], 2)
+    if args.batch:
+        waves, tb = timed(lambda: simulate_exit_waves([atoms], phonons=args.batch, seed=0, device=args.device, **kw),
+                          1)
+        out["batch"] = args.batch
+        out["batch_s"] = round(tb[-1], 3)
+        out["waves_per_s"] = round(args.batch / tb[-1], 3)
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     print(json.dumps(out))
 
 

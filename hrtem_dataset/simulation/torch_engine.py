@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from ..device import resolve_device
 from ..errors import InputError
@@ -64,6 +66,46 @@ STRUCTURE_FACTORS = {  # name -> (grid oversampling, kernel width); see _Tables
     "bilinear": (1.0, 2),
 }
 _ATOM_BLOCK = 131072  # atoms gridded per scatter call
+_PHASES: dict | None = None  # thread-seconds and transform counts per phase while profile_phases() is active
+_PHASES_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def profile_phases():
+    """Collect, while active, the time spent in each phase of :func:`multislice` and the number of FFTs each
+    phase ran (for ``benchmarks/exit_wave.py``). Yields a dict ``phase -> {"s", "cpu_s", "fft2", "rfft2"}``
+    (``s``: wall seconds summed over threads; ``cpu_s``: CPU seconds of the calling threads, which excludes
+    time spent waiting for a core and counts only the calling thread's work — with torch intra-op threads
+    the work of the other pool threads is not in it). Phases:
+    ``gridding`` (scatter-add of the atoms), ``structure_factors`` (real FFT per plane), ``potential``
+    (form factors, sum over species, inverse real FFT), ``transmission`` (exp(iσv) and its band limit: one
+    complex FFT pair), ``propagation`` (t·ψ and the Fresnel step: one complex FFT pair per wave and slice).
+    Phases in the worker threads overlap the main thread's propagation, so their sum exceeds the wall time.
+    """
+    global _PHASES
+    previous, _PHASES = _PHASES, {}
+    try:
+        yield _PHASES
+    finally:
+        _PHASES = previous
+
+
+@contextlib.contextmanager
+def _phase(name: str, fft2: int = 0, rfft2: int = 0):
+    if _PHASES is None:
+        yield
+        return
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        yield
+    finally:
+        dt, dc = time.perf_counter() - t0, time.thread_time() - c0
+        with _PHASES_LOCK:
+            d = _PHASES.setdefault(name, {"s": 0.0, "cpu_s": 0.0, "fft2": 0, "rfft2": 0})
+            d["s"] += dt
+            d["cpu_s"] += dc
+            d["fft2"] += fft2
+            d["rfft2"] += rfft2
 
 
 @dataclass(frozen=True)
@@ -307,8 +349,6 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
 
     numbers = np.concatenate([np.asarray(s.numbers, dtype=np.int64) for s in specimens])
     unique_z = np.unique(numbers)
-    from ase.data import chemical_symbols
-
     symbols = [chemical_symbols[int(z)] for z in unique_z]
     n_species = len(symbols)
     if numbers.size == 0:
@@ -371,16 +411,17 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
                 members = targets[targets // n_batch == sl] % n_batch
                 lo = int(np.searchsorted(targets, sl * n_batch))
                 tr = t_bl[lo:lo + len(members)]
-                if len(members) == n_batch:
-                    psi.mul_(tr)
-                else:
-                    idx = torch.as_tensor(members, device=device)
-                    psi[idx] = psi[idx] * tr
-                k = int(np.searchsorted(nonempty, sl))
-                steps = int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
-                torch.fft.fft2(psi, out=buf)
-                buf.mul_(tables.propagator(steps, dz))
-                torch.fft.ifft2(buf, out=psi)
+                with _phase("propagation", fft2=2 * n_batch):
+                    if len(members) == n_batch:
+                        psi.mul_(tr)
+                    else:
+                        idx = torch.as_tensor(members, device=device)
+                        psi[idx] = psi[idx] * tr
+                    k = int(np.searchsorted(nonempty, sl))
+                    steps = int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
+                    torch.fft.fft2(psi, out=buf)
+                    buf.mul_(tables.propagator(steps, dz))
+                    torch.fft.ifft2(buf, out=psi)
             del t_bl, tr
     return psi
 
@@ -439,7 +480,6 @@ def _gridded_spectrum(positions: np.ndarray, plane_offsets: np.ndarray, tables: 
     device = tables.device
     grid = tables.grid
     mx, my = tables.fine
-    width = tables.width
     n_planes = len(plane_offsets) - 1
     atom_plane = torch.as_tensor(np.repeat(np.arange(n_planes), np.diff(plane_offsets)), device=device)
     u = torch.as_tensor(positions[:, :2] * (np.asarray(tables.fine) / np.asarray(grid.extent)), device=device)
@@ -452,6 +492,21 @@ def _gridded_spectrum(positions: np.ndarray, plane_offsets: np.ndarray, tables: 
     else:
         fine = fine[:size]
         fine.zero_()
+    with _phase("gridding"):
+        _scatter(fine, u, atom_plane, tables)
+    with _phase("structure_factors", rfft2=n_planes):
+        spectrum = torch.fft.rfft2(fine.view(n_planes, mx, my))
+    del fine
+    if tables.fine != grid.gpts:
+        spectrum = spectrum[:, tables.rows, : tables.ncols]
+    return spectrum
+
+
+def _scatter(fine: torch.Tensor, u: torch.Tensor, atom_plane: torch.Tensor, tables: _Tables) -> None:
+    """Spread each atom (fine-grid coordinates ``u``) over width² pixels of its plane in ``fine`` (flat)."""
+    device = tables.device
+    mx, my = tables.fine
+    width = tables.width
     offs = torch.arange(width, device=device)
     for a0 in range(0, len(u), _ATOM_BLOCK):
         ub = u[a0:a0 + _ATOM_BLOCK]
@@ -463,11 +518,6 @@ def _gridded_spectrum(positions: np.ndarray, plane_offsets: np.ndarray, tables: 
         flat = (atom_plane[a0:a0 + _ATOM_BLOCK, None, None] * (mx * my)
                 + (jx % mx)[:, :, None] * my + (jy % my)[:, None, :])
         fine.index_add_(0, flat.reshape(-1), (wx[:, :, None] * wy[:, None, :]).reshape(-1))
-    spectrum = torch.fft.rfft2(fine.view(n_planes, mx, my))
-    del fine
-    if tables.fine != grid.gpts:
-        spectrum = spectrum[:, tables.rows, : tables.ncols]
-    return spectrum
 
 
 def _transmission(positions: np.ndarray, plane_offsets: np.ndarray, plane_species: np.ndarray,
@@ -481,25 +531,26 @@ def _transmission(positions: np.ndarray, plane_offsets: np.ndarray, plane_specie
     device = tables.device
     nx, ny = tables.grid.gpts
     spectrum = _gridded_spectrum(positions, plane_offsets, tables, workspace)
-    spectrum.mul_(forms[torch.as_tensor(plane_species, device=device)])
-
     targets, target_of_plane = np.unique(plane_target, return_inverse=True)
-    if len(targets) == len(plane_target):  # one element per (slice, member): nothing to sum
-        vk = spectrum
-    else:
-        vk = torch.zeros((len(targets), nx, ny // 2 + 1), dtype=torch.complex64, device=device)
-        vk.index_add_(0, torch.as_tensor(target_of_plane, device=device), spectrum)
-    del spectrum
-    phase = torch.fft.irfft2(vk, s=(nx, ny))  # σ v_z
-    del vk
-    t = torch.empty(phase.shape, dtype=torch.complex64, device=device)
-    parts = torch.view_as_real(t)
-    torch.cos(phase, out=parts[..., 0])
-    torch.sin(phase, out=parts[..., 1])
-    del phase, parts
-    tk = torch.fft.fft2(t)
-    tk.mul_(tables.aperture)
-    torch.fft.ifft2(tk, out=t)
+    with _phase("potential", rfft2=len(targets)):
+        spectrum.mul_(forms[torch.as_tensor(plane_species, device=device)])
+        if len(targets) == len(plane_target):  # one element per (slice, member): nothing to sum
+            vk = spectrum
+        else:
+            vk = torch.zeros((len(targets), nx, ny // 2 + 1), dtype=torch.complex64, device=device)
+            vk.index_add_(0, torch.as_tensor(target_of_plane, device=device), spectrum)
+        del spectrum
+        phase = torch.fft.irfft2(vk, s=(nx, ny))  # σ v_z
+        del vk
+    with _phase("transmission", fft2=2 * len(targets)):
+        t = torch.empty(phase.shape, dtype=torch.complex64, device=device)
+        parts = torch.view_as_real(t)
+        torch.cos(phase, out=parts[..., 0])
+        torch.sin(phase, out=parts[..., 1])
+        del phase, parts
+        tk = torch.fft.fft2(t)
+        tk.mul_(tables.aperture)
+        torch.fft.ifft2(tk, out=t)
     return t, targets
 
 
@@ -515,8 +566,6 @@ def projected_potential(positions: np.ndarray, numbers: np.ndarray, cell: Sequen
     tables = _tables(grid, 300e3, parametrization, device, structure_factors)
     numbers = np.asarray(numbers)
     unique_z = np.unique(numbers)
-    from ase.data import chemical_symbols
-
     forms = tables.form_factors([chemical_symbols[int(z)] for z in unique_z])
     species = np.searchsorted(unique_z, numbers)
     order = np.argsort(species, kind="stable")
@@ -536,5 +585,5 @@ def waves_from_arrays(positions: np.ndarray, numbers: np.ndarray) -> list[_Speci
 
 
 __all__ = ["Grid", "antialias_aperture", "fresnel_propagator", "multislice", "projected_potential",
-           "memory_estimate", "resolve_device", "slicing", "waves_from_arrays", "DEFAULT_MAX_MEMORY"]
+           "memory_estimate", "profile_phases", "resolve_device", "slicing", "waves_from_arrays", "DEFAULT_MAX_MEMORY"]
 
