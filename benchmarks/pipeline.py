@@ -1,55 +1,153 @@
-"""Pipeline throughput: the stages of one shard of configs/demo.yaml, then the same shard as a Dagster
-partition run with every artifact already on disk (the orchestration overhead of a resumed partition).
+"""Pipeline throughput: the stages of shard 0 of a configuration (labelled images per hour, seconds and peak
+memory per stage), then the same shard as a Dagster partition run with every artifact already on disk (the
+orchestration overhead of a resumed partition).
 
-Prints one JSON object: per-stage seconds and throughput (atoms/s, exit waves/s, images/s), the
-dataset assembly rate and the Dagster overhead. Usage: python benchmarks/pipeline.py [CONFIG.yaml]
+Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagster]
+
+- ``--structures N`` runs only the first N structures of shard 0 (for paper-scale configurations). It
+  changes the shard size only: shard 0 becomes the first N structures of the original shard 0, with the
+  same seeds (they derive from ``spec.seed`` and the structure index) and the same splits.
+- ``--no-dagster`` skips the Dagster part (``dagster_resumed_partition_run_s`` is null).
+
+Timing: each stage's own ``seconds`` (the stage function, without interpreter start-up and imports).
+``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
+3600; for ``kind: exit_waves`` configurations the rows are labelled structures (no images are rendered).
+
+Memory: the plan runs here; each of the three stages runs in a fresh Python subprocess of this script
+(``--stage``) that reads the previous stage's files from the temporary workspace, and reports ``VmHWM``
+(peak resident set size of its own address space, /proc/self/status) after the stage. Not
+``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux that keeps the peak of the parent's address space across
+fork + exec, so a child would report at least this process's peak. The peaks include the interpreter and
+the imports (``import_rss_mib``: the RSS of the child just before its stage). ``all_stages_under_4gb``:
+every stage peak below 4 GB (4e9 bytes), the issue's bound on the reference workloads.
+
+Prints one JSON object (the machine's load average is in it: timings on a shared machine vary with it).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import os
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import dagster as dg
-
-from dagster_project.assets import PARTITIONED, build_config_assets, load_config, shard_keys
-from dagster_project.resources import PublishTarget, SimulationEngine, Workspace
-from hrtem_dataset import pipeline as pl
+STAGES = ("structures", "exit_waves", "images")
+LIMIT_BYTES = 4 * 10**9
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def main(config: str) -> dict:
-    src = load_config(config)
-    spec = src.spec
+def _vm_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(stage: str, spec_file: str, root: str) -> None:
+    """``--stage`` mode: run one stage of shard 0 and print its stats and memory as one JSON line."""
+    from hrtem_dataset import pipeline as pl
+    from hrtem_dataset.specs import DatasetSpec
+
+    spec = DatasetSpec.model_validate_json(Path(spec_file).read_text())
+    start = _vm_bytes("VmRSS")
+    run = {"structures": pl.build_structures_shard, "exit_waves": pl.simulate_shard, "images": pl.image_shard}
+    stats = run[stage](spec, 0, root)
+    print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
+
+
+def _run_stage(stage: str, spec_file: Path, root: Path) -> dict:
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stage", stage,
+                          "--spec-file", str(spec_file), "--root", str(root)],
+                         stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cap_structures(spec, n: int):
+    """``spec`` with shard 0 cut to its first ``n`` structures: same structures, seeds and splits."""
+    from hrtem_dataset.specs import SplitSpec
+
+    n = min(n, len(spec.shard_indices(0)))
+    splits = {s: sum(spec.split_of(i) == s for i in range(n)) for s in ("train", "validation", "test")}
+    return spec.model_copy(update={"splits": SplitSpec(**splits), "shard_size": n})
+
+
+def _dagster_overhead(src, root: Path, out: Path) -> float:
+    import time
+
+    import dagster as dg
+
+    from dagster_project.assets import PARTITIONED, build_config_assets, shard_keys
+    from dagster_project.resources import PublishTarget, SimulationEngine, Workspace
+
+    resources = {"workspace": Workspace(root=str(root)), "simulation": SimulationEngine(),
+                 "publish_target": PublishTarget(local_dir=str(out))}
+    t0 = time.perf_counter()
+    res = dg.materialize(build_config_assets(src), selection=[dg.AssetKey([src.group, n]) for n in PARTITIONED],
+                         partition_key=shard_keys(src.spec)[0], instance=dg.DagsterInstance.ephemeral(),
+                         resources=resources, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    assert res.success
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", nargs="?", default=str(DEMO))
+    ap.add_argument("--structures", type=int, default=None, help="run only the first N structures of shard 0")
+    ap.add_argument("--no-dagster", action="store_true", help="skip the Dagster resumed-partition run")
+    ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    ap.add_argument("--spec-file", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.stage:
+        return _child(a.stage, a.spec_file, a.root)
+    if a.structures is not None and a.structures < 1:
+        ap.error("--structures must be >= 1")
+
+    from dagster_project.assets import load_config
+    from hrtem_dataset import pipeline as pl
+
+    src = load_config(a.config)
+    spec = cap_structures(src.spec, a.structures) if a.structures else src.spec
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hrtem-bench-") as tmp:
-        root = Path(tmp) / "ws"
-        t0 = time.perf_counter()
-        pl.plan_structures(spec, root)
-        s = pl.build_structures_shard(spec, 0, root)
-        w = pl.simulate_shard(spec, 0, root)
-        i = pl.image_shard(spec, 0, root)
-        stages_s = time.perf_counter() - t0
-        assets = build_config_assets(src)
-        resources = {"workspace": Workspace(root=str(root)), "simulation": SimulationEngine(),
-                     "publish_target": PublishTarget(local_dir=str(Path(tmp) / "out"))}
-        t1 = time.perf_counter()
-        res = dg.materialize(assets, selection=[dg.AssetKey([src.group, n]) for n in PARTITIONED],
-                             partition_key=shard_keys(spec)[0], instance=dg.DagsterInstance.ephemeral(),
-                             resources=resources, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
-        overhead = time.perf_counter() - t1
-        assert res.success
+        root, spec_file = Path(tmp) / "ws", Path(tmp) / "spec.json"
+        spec_file.write_text(spec.model_dump_json())
+        plan = pl.plan_structures(spec, root)
+        r = {stage: _run_stage(stage, spec_file, root) for stage in STAGES}
+        overhead = None if a.no_dagster else _dagster_overhead(dataclasses.replace(src, spec=spec), root, Path(tmp) / "out")
+    s, w, i = (r[k]["stats"] for k in STAGES)
+    labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
+    peak = {k: r[k]["peak_rss"] for k in STAGES}
+    mib = 2**20
     return {
-        "config": str(src.path), "shard_structures": s["structures"], "device": w["device"], "engine": w["engine"],
+        "config": str(src.path), "kind": spec.kind, "shard_structures": s["structures"],
+        "structures_cap": a.structures,
+        "structures_cap_note": "changes the shard size only: the first N structures of shard 0, same seeds and splits",
+        "device": w["device"], "engine": w["engine"], "phonons": spec.simulation.phonons,
         "structures_atoms_per_s": round(s["atoms_per_s"], 1), "structures_s": round(s["seconds"], 3),
         "exit_waves_per_s": round(w["waves_per_s"], 3), "simulation_atoms_per_s": round(w["atoms_per_s"], 1),
         "exit_waves_s": round(w["seconds"], 3), "images_per_s": round(i["images_per_s"], 3),
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
-        "shard_total_s": round(stages_s, 3),
-        "dagster_resumed_partition_run_s": round(overhead, 3),
+        "shard_total_s": round(plan["seconds"] + labelled_s, 3),
+        "labelled_rows": i["rows"],
+        "labelled_rows_are": "images" if spec.kind == "images" else "structures (kind: exit_waves, no images)",
+        "labelled_stages_s": round(labelled_s, 3),
+        "labelled_images_per_hour": round(i["rows"] / labelled_s * 3600, 1),
+        "peak_rss_mib": {k: round(v / mib, 1) for k, v in peak.items()},
+        "import_rss_mib": {k: round(r[k]["import_rss"] / mib, 1) for k in STAGES},
+        "peak_rss_method": "VmHWM of a fresh subprocess per stage (includes interpreter and imports)",
+        "all_stages_under_4gb": all(v < LIMIT_BYTES for v in peak.values()),
+        "cpu_count": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "dagster_resumed_partition_run_s": None if overhead is None else round(overhead, 3),
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parents[1] / "configs" / "demo.yaml"))))
+    result = main()
+    if result is not None:
+        print(json.dumps(result))

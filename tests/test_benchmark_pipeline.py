@@ -1,0 +1,47 @@
+"""benchmarks/pipeline.py on the tiny configuration: one capped structure, no Dagster (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+from dagster_helpers import isolated_hf_datasets_cache, tiny_spec_dict, write_tiny_config  # noqa: F401 (autouse fixture)
+
+from hrtem_dataset import pipeline as pl
+from hrtem_dataset.specs import DatasetSpec
+from hrtem_dataset.workspace import structure_specs_path
+
+_path = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline.py"
+_spec = importlib.util.spec_from_file_location("benchmark_pipeline", _path)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_cap_keeps_the_first_structures_seeds_and_splits(tmp_path):
+    spec = DatasetSpec.model_validate(tiny_spec_dict(model=False, train=1, validation=1, test=1, shard_size=3))
+    capped = bench.cap_structures(spec, 2)
+    assert list(capped.shard_indices(0)) == [0, 1] and capped.n_structures == 2
+    pl.plan_structures(spec, tmp_path / "full")
+    pl.plan_structures(capped, tmp_path / "capped")
+    full_lines = structure_specs_path(spec, tmp_path / "full").read_text().splitlines()
+    assert structure_specs_path(capped, tmp_path / "capped").read_text().splitlines() == full_lines[:2]
+    assert bench.cap_structures(spec, 99).shard_size == 3  # never more than shard 0
+
+
+def test_main_reports_rate_stages_and_memory(tmp_path):
+    config = write_tiny_config(tmp_path, model=False)
+    out = bench.main([str(config), "--structures", "1", "--no-dagster"])
+    assert out["structures_cap"] == 1 and out["shard_structures"] == 1
+    assert out["dagster_resumed_partition_run_s"] is None
+    assert out["labelled_rows"] == 1 and out["labelled_rows_are"] == "images"
+    stage_s = out["structures_s"] + out["exit_waves_s"] + out["imaging_s"]
+    assert math.isclose(out["labelled_stages_s"], stage_s, abs_tol=2e-3)
+    assert math.isclose(out["labelled_images_per_hour"], out["labelled_rows"] / out["labelled_stages_s"] * 3600,
+                        rel_tol=1e-3, abs_tol=0.1)
+    assert set(out["peak_rss_mib"]) == set(bench.STAGES)
+    assert all(out["peak_rss_mib"][k] >= out["import_rss_mib"][k] > 0 for k in bench.STAGES)
+    assert out["all_stages_under_4gb"] is True
+    for key in ("config", "device", "engine", "structures_atoms_per_s", "exit_waves_per_s", "simulation_atoms_per_s",
+                "images_per_s", "zero_defocus_calibration_s", "shard_total_s", "peak_rss_method", "load_average_before"):
+        assert key in out
