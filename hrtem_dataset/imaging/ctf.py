@@ -90,6 +90,26 @@ def _basis(gpts: tuple[int, int], sampling: tuple[float, float], lam: float, dev
     return basis(alpha, phi, terms)
 
 
+def _band_index(n: int, k: int, device: str) -> torch.Tensor:
+    """FFT indices of the frequencies 0..k, −k..−1 on an axis of n points."""
+    return torch.cat([torch.arange(0, k + 1, device=device), torch.arange(n - k, n, device=device)])
+
+
+@functools.lru_cache(maxsize=16)
+def _band_grid(gpts: tuple[int, int], sampling: tuple[float, float], lam: float, device: str,
+               band: tuple[int, int]):
+    """:func:`_grid` restricted to the frequency indices |q_x| ≤ band[0], |q_y| ≤ band[1] (same values)."""
+    rows, cols = _band_index(gpts[0], band[0], device), _band_index(gpts[1], band[1], device)
+    return tuple(a.index_select(0, rows).index_select(1, cols) for a in _grid(gpts, sampling, lam, device))
+
+
+@functools.lru_cache(maxsize=16)
+def _band_basis(gpts: tuple[int, int], sampling: tuple[float, float], lam: float, device: str, terms: tuple,
+                band: tuple[int, int]):
+    rows, cols = _band_index(gpts[0], band[0], device), _band_index(gpts[1], band[1], device)
+    return tuple(a.index_select(1, rows).index_select(2, cols) for a in _basis(gpts, sampling, lam, device, terms))
+
+
 def transfer_function(
     gpts: tuple[int, int],
     sampling: tuple[float, float],
@@ -100,8 +120,13 @@ def transfer_function(
     angular_spread=None,
     soft_aperture: bool = True,
     device: torch.device | str = "cpu",
+    band: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """H(k), complex64 (B, nx, ny) on the unshifted FFT grid of ``gpts`` × ``sampling`` [Å].
+
+    ``band`` = (K_x, K_y): only the frequency indices 0..K, −K..−1 of each axis, (B, 2K_x+1, 2K_y+1) in that
+    order — the same values as those entries of the full grid's H (the grid arrays are sliced, not
+    recomputed), for the cropped inverse FFT of :func:`.image.image_batch`.
 
     ``coeffs``: polar coefficients as float64 (B,) tensors (see :func:`.aberrations.stack_coefficients`);
     ``semiangle_cutoff`` [mrad], ``focal_spread`` [Å], ``angular_spread`` [mrad]: scalars or (B,).
@@ -113,14 +138,19 @@ def transfer_function(
     sampling = (float(sampling[0]), float(sampling[1]))
     dev = str(torch.device(device))
     batch = coeffs["C10"].shape[0]
-    alpha, phi, alpha4, alpha32, denom = _grid(gpts, sampling, lam, dev)
     terms = used_terms(coeffs)
-    F, G = _basis(gpts, sampling, lam, dev, terms)
+    if band is None:
+        alpha, phi, alpha4, alpha32, denom = _grid(gpts, sampling, lam, dev)
+        F, G = _basis(gpts, sampling, lam, dev, terms)
+    else:
+        band = (int(band[0]), int(band[1]))
+        alpha, phi, alpha4, alpha32, denom = _band_grid(gpts, sampling, lam, dev, band)
+        F, G = _band_basis(gpts, sampling, lam, dev, terms, band)
     w, w_phi = weights(coeffs, terms)
     scale = 2 * math.pi / lam
     phase = torch.remainder(_contract(w, F) * scale, 2 * math.pi).to(torch.float32)
 
-    envelope = torch.ones((batch, *gpts), dtype=torch.float32, device=dev)
+    envelope = torch.ones((batch, *alpha.shape), dtype=torch.float32, device=dev)
     cut = _batch(semiangle_cutoff, batch, dev, math.inf)
     cut = torch.where(torch.isnan(cut), torch.full_like(cut, math.inf), cut)
     if bool(torch.isfinite(cut).any()):

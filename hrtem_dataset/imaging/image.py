@@ -13,10 +13,19 @@ Per image b (conditions may differ within a batch):
 3. Fourier crop of I_b to the detector pixel size (:mod:`.resample`, no aliasing, mean kept).
 4. With a dose: counts = MTF ⊛ Poisson(I_b · dose · pixel area) + read noise (:mod:`.detector`), in
    electrons per pixel; without a dose the image stays in units of the vacuum intensity (MTF applied).
+
+Fast paths: ``spectrum=`` reuses one forward FFT of the waves across calls (bit-identical images; the images
+stage transforms each structure's scene waves once). ``cropped_ifft=True`` runs steps 2–3 on a smaller grid
+when an objective aperture bounds Ψ_p H_b: the intensity's content inside the output band is computed without
+aliasing on any grid of n' ≥ 2K + ⌊m/2⌋ + 1 points per axis (K: the aperture's extent in FFT indices, m: the
+output grid), so the images equal the full-grid ones to float32 rounding (~1e-6 relative) at a fraction of
+the inverse-FFT cost (:func:`_cropped_plans`). It is opt-in because float32 rounding differs from the
+full-grid path, so dataset bytes would.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -72,6 +81,9 @@ def image_batch(
     generator: torch.Generator | None = None,
     mtf: Mapping[str, float] | None = None,
     soft_aperture: bool = True,
+    *,
+    spectrum: torch.Tensor | None = None,
+    cropped_ifft: bool = False,
 ) -> torch.Tensor:
     """Image a batch of exit waves, one set of conditions per image; float32 (B, m_x, m_y), same device.
 
@@ -87,6 +99,14 @@ def image_batch(
     pixel_size: detector pixel size [Å]; ``None`` keeps the simulation grid.
     generator: torch generator on the waves' device for the shot/read noise (seeded -> reproducible).
     mtf: detector MTF parameters (see :mod:`.detector`), the same for the batch; ``None`` = perfect.
+    spectrum: ``torch.fft.fft2(waves)`` computed beforehand ((B, P, n_x, n_y) or (1, P, n_x, n_y) shared by
+        the batch; :func:`wave_spectrum`), so that several calls on the same waves transform them once;
+        the result is bit-identical to passing the waves alone.
+    cropped_ifft: images with an objective aperture run the inverse FFT, |ψ|² and the phonon average on
+        the smallest FFT-friendly grid that holds the output band without aliasing (see
+        :func:`_cropped_plans`); the same image as the full-grid path up to float32 rounding (~1e-6
+        relative), not bit-identical. Images without an aperture, or where it does not pay, take the
+        full-grid path.
 
     Returns counts per pixel for images with a dose, intensity (vacuum = 1) for the others.
     """
@@ -104,23 +124,13 @@ def image_batch(
     s = as_pair(sampling, "sampling")
     coeffs = _coefficients(conditions, batch, device)
     get = conditions.get
-    H = transfer_function(
-        (nx, ny),
-        s,
-        energy,
-        coeffs,
-        semiangle_cutoff=_as_batch(get("semiangle_cutoff", math.inf), batch, device, "semiangle_cutoff"),
-        focal_spread=_as_batch(get("focal_spread", 0.0), batch, device, "focal_spread"),
-        angular_spread=_as_batch(get("angular_spread", 0.0), batch, device, "angular_spread"),
-        soft_aperture=soft_aperture,
-        device=device,
-    )
-    spec = torch.fft.fft2(waves)
-    spec.mul_(H[:, None])  # in place: the batch of P waves is the largest array here
-    psi = torch.fft.ifft2(spec, out=spec)
-    intensity = torch.view_as_real(psi).square_().sum(dim=-1).mean(dim=1)
-    del psi, spec
-
+    cut = _as_batch(get("semiangle_cutoff", math.inf), batch, device, "semiangle_cutoff")
+    fs = _as_batch(get("focal_spread", 0.0), batch, device, "focal_spread")
+    th = _as_batch(get("angular_spread", 0.0), batch, device, "angular_spread")
+    if spectrum is not None and (spectrum.ndim != 4 or spectrum.shape[0] not in (1, batch)
+                                 or tuple(spectrum.shape[1:]) != tuple(waves.shape[1:])):
+        raise InputError(f"spectrum: expected shape (1 or {batch}, {', '.join(map(str, waves.shape[1:]))}), "
+                         f"got {tuple(spectrum.shape)}")
     dose = _as_batch(get("dose", math.nan), batch, device, "dose").to(torch.float32)
     noisy = torch.isfinite(dose) & (dose > 0)
     mtf = validate_mtf(mtf)
@@ -130,17 +140,45 @@ def image_batch(
     else:
         shape, px = (nx, ny), s
     any_noise = bool(noisy.any())
-    if shape != (nx, ny) or (mtf is not None and not any_noise):
-        spec = torch.fft.rfft2(intensity)
-        spec = crop_spectrum(spec, shape) * (shape[0] * shape[1] / (nx * ny))
+    plans = _cropped_plans(cut, energy, (nx, ny), s, shape, waves.shape[1]) if cropped_ifft else None
+    if plans is None:  # the full-grid path (the reference)
+        H = transfer_function((nx, ny), s, energy, coeffs, semiangle_cutoff=cut, focal_spread=fs,
+                              angular_spread=th, soft_aperture=soft_aperture, device=device)
+        intensity = _full_intensity(waves, spectrum, H)
+        if shape != (nx, ny) or (mtf is not None and not any_noise):
+            spec = torch.fft.rfft2(intensity)
+            spec = crop_spectrum(spec, shape) * (shape[0] * shape[1] / (nx * ny))
+            if mtf is not None and not any_noise:
+                spec = spec * _mtf(shape, mtf, device)
+            intensity = torch.fft.irfft2(spec, s=shape)
+    else:
+        out = torch.empty((batch, shape[0], shape[1] // 2 + 1), dtype=torch.complex64, device=device)
+        for plan, rows in plans.items():
+            idx = torch.tensor(rows, device=device)
+            sub = {k: v[idx] for k, v in coeffs.items()}
+            w_g = _rows(waves, rows)
+            sp_g = None if spectrum is None else spectrum if spectrum.shape[0] == 1 else _rows(spectrum, rows)
+            if plan is None:
+                H = transfer_function((nx, ny), s, energy, sub, semiangle_cutoff=cut[idx], focal_spread=fs[idx],
+                                      angular_spread=th[idx], soft_aperture=soft_aperture, device=device)
+                sp = torch.fft.rfft2(_full_intensity(w_g, sp_g, H))
+                sp = crop_spectrum(sp, shape) * (shape[0] * shape[1] / (nx * ny))
+            else:
+                (kx, ky), (mx, my) = plan
+                H = transfer_function((nx, ny), s, energy, sub, semiangle_cutoff=cut[idx], focal_spread=fs[idx],
+                                      angular_spread=th[idx], soft_aperture=soft_aperture, device=device,
+                                      band=(kx, ky))
+                sp = torch.fft.rfft2(_cropped_intensity(w_g, sp_g, H / (nx * ny), (kx, ky), (mx, my)))
+                sp = crop_spectrum(sp, shape) * (shape[0] * shape[1] / (mx * my))
+            out[idx] = sp
         if mtf is not None and not any_noise:
-            spec = spec * mtf_rfft(shape, mtf, device)
-        intensity = torch.fft.irfft2(spec, s=shape)
+            out = out * _mtf(shape, mtf, device)
+        intensity = torch.fft.irfft2(out, s=shape)
     if not any_noise:
         return intensity
     image = poisson_counts(intensity, dose, px[0] * px[1], generator)
     if mtf is not None:
-        image = torch.fft.irfft2(torch.fft.rfft2(image) * mtf_rfft(shape, mtf, device), s=shape)
+        image = torch.fft.irfft2(torch.fft.rfft2(image) * _mtf(shape, mtf, device), s=shape)
     read = _as_batch(get("read_noise", 0.0), batch, device, "read_noise").to(torch.float32)
     if bool((read > 0).any()):
         noise = torch.randn(image.shape, generator=generator, device=device)
@@ -148,8 +186,122 @@ def image_batch(
     return image
 
 
+def _rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``t[rows]`` along the batch axis; a view (no copy) when the rows are consecutive."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return t[rows[0] : rows[0] + len(rows)]
+    return t.index_select(0, torch.tensor(rows, device=t.device))
+
+
+def _mtf(shape: tuple[int, int], mtf: Mapping[str, float], device) -> torch.Tensor:
+    """:func:`.detector.mtf_rfft`, cached per (grid, parameters, device): the same tensor every call."""
+    return _mtf_cached(tuple(shape), tuple(sorted(mtf.items())), str(device))
+
+
+@functools.lru_cache(maxsize=8)
+def _mtf_cached(shape: tuple[int, int], params: tuple, device: str) -> torch.Tensor:
+    return mtf_rfft(shape, dict(params), device)
+
+
 def _waves_4d(waves, device) -> torch.Tensor:
     return phonon_stack(waves, device, "waves")[None]
+
+
+def wave_spectrum(waves, device: str | None = "cpu") -> torch.Tensor:
+    """``fft2`` of exit waves (nx, ny) or (phonons, nx, ny) as :func:`render_image` computes it, complex64
+    (1, P, nx, ny): pass it as ``spectrum`` to :func:`render_image` / :func:`image_batch` to image the same
+    waves under several conditions with one forward transform (bit-identical images)."""
+    return torch.fft.fft2(_waves_4d(waves, resolve_device(device)))
+
+
+def _full_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch.Tensor) -> torch.Tensor:
+    """(1/P) Σ_p |F⁻¹[Ψ_p H]|² on the simulation grid (the reference path), float32 (B, nx, ny)."""
+    if spectrum is None:
+        spec = torch.fft.fft2(waves)
+        spec.mul_(H[:, None])  # in place: the batch of P waves is the largest array here
+    else:
+        spec = spectrum * H[:, None]
+    psi = torch.fft.ifft2(spec, out=spec)
+    # |ψ|² as re² + im²: the same float32 operations as view_as_real(ψ).square().sum(-1), without the
+    # slow reduction over a length-2 axis (bit-identical; tests/test_imaging_fast.py checks it)
+    return (psi.real.square() + psi.imag.square()).mean(dim=1)
+
+
+def _fast_len(n: int) -> int:
+    """Smallest 2^a·3^b·5^c ≥ n."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            v = p35
+            while v < n:
+                v *= 2
+            best = min(best, v)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _fft_cost(n: float) -> float:
+    return n * math.log2(max(n, 2.0))
+
+
+def _cropped_plans(cut: torch.Tensor, energy: float, n: tuple[int, int], s: tuple[float, float],
+                   shape: tuple[int, int], phonons: int) -> dict | None:
+    """Images grouped by their cropped-grid plan ``((K_x, K_y), (n'_x, n'_y))`` (``None``: full grid).
+
+    With an objective aperture of cutoff α_c the CTF is exactly zero beyond the soft edge,
+    α ≥ α_c + ½·max(Δα_x, Δα_y) (:mod:`.ctf`), so the spectrum Ψ·H lives in |k_x| ≤ K_x/extent_x,
+    |k_y| ≤ K_y/extent_y (FFT indices, one index of margin for float32 rounding). |ψ|² then has frequency
+    indices |q| ≤ 2K, and on a grid of n' points its DFT at q is the sum of its content at q + j·n'; for
+    the output band |q| ≤ ⌊m/2⌋ that sum has the single term j = 0 when n' ≥ 2K + ⌊m/2⌋ + 1. The
+    intensity spectrum inside the output band is then the same as on the full grid (which aliases
+    nothing there either when n' < n). Returns ``None`` when no image benefits."""
+    from ..simulation.physics import wavelength as electron_wavelength
+
+    lam = electron_wavelength(energy)
+    extent = (n[0] * s[0], n[1] * s[1])
+    edge = 0.5 * max(lam / extent[0], lam / extent[1])  # soft-aperture ramp half-width, rad
+    full = phonons * (_fft_cost(n[0] * n[1]) * 2)
+    plans: dict = {}
+    for b, c in enumerate(cut.tolist()):
+        plan = None
+        if math.isfinite(c) and c > 0:
+            kmax = (c * 1e-3 + edge) / lam  # 1/Å
+            k = tuple(int(math.floor(kmax * e * (1 + 1e-6))) + 1 for e in extent)
+            k = tuple(-(-ki // 8) * 8 for ki in k)  # fewer distinct grids (extra indices hold zeros)
+            grid = tuple(_fast_len(2 * ki + mi // 2 + 1) for ki, mi in zip(k, shape, strict=True))
+            if all(2 * ki + 1 <= ni and gi <= ni for ki, gi, ni in zip(k, grid, n, strict=True)):
+                cost = phonons * (_fft_cost(n[0] * n[1]) + _fft_cost(grid[0] * grid[1]))
+                cost += _fft_cost(grid[0] * grid[1])  # the rfft2 of the intensity
+                if cost < 0.8 * full:
+                    plan = (k, grid)
+        plans.setdefault(plan, []).append(b)
+    return None if list(plans) == [None] else plans
+
+
+def _cropped_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch.Tensor,
+                       k: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """(1/P) Σ_p |ψ_p|² on the (n'_x, n'_y) ``grid`` of the same field of view, float32 (B, n'_x, n'_y).
+
+    ``H`` (B, 2K_x+1, 2K_y+1): the CTF on the frequency indices |q_x| ≤ K_x, |q_y| ≤ K_y (order 0..K, −K..−1),
+    already divided by n_x·n_y so that the unnormalised inverse transform gives ψ's values at the coarse
+    grid's points. The forward transform stays a full 2-D FFT (faster than pruned 1-D transforms here)."""
+    kx, ky = k
+    nx, ny = waves.shape[-2:]
+    x = torch.fft.fft2(waves) if spectrum is None else spectrum
+    x = torch.cat([x[..., : kx + 1, :], x[..., nx - kx :, :]], dim=-2)
+    x = torch.cat([x[..., : ky + 1], x[..., ny - ky :]], dim=-1) * H[:, None]
+    gx, gy = grid
+    z = x.new_zeros((x.shape[0], x.shape[1], gx, gy))
+    z[..., : kx + 1, : ky + 1] = x[..., : kx + 1, : ky + 1]
+    z[..., : kx + 1, gy - ky :] = x[..., : kx + 1, ky + 1 :]
+    z[..., gx - kx :, : ky + 1] = x[..., kx + 1 :, : ky + 1]
+    z[..., gx - kx :, gy - ky :] = x[..., kx + 1 :, ky + 1 :]
+    del x
+    z = torch.fft.ifft2(z, norm="forward", out=z)
+    return (z.real.square() + z.imag.square()).mean(dim=1)
 
 
 def image_intensity(
@@ -242,6 +394,9 @@ def render_image(
     zero_defocus: float,
     seed: int,
     device: str | None = "cpu",
+    *,
+    spectrum: torch.Tensor | None = None,
+    cropped_ifft: bool = False,
 ) -> np.ndarray:
     """One detector image, float32 (m_x, m_y) at ``conditions["pixel_size"]`` (grid of
     :func:`.resample.resampled_shape`), with coherence envelopes, MTF and dose noise applied. With
@@ -250,7 +405,9 @@ def render_image(
 
     ``conditions``: one dict of :func:`.conditions.sample_imaging_conditions` (``defocus`` relative to
     ``zero_defocus`` [Å]). Counts per pixel when ``conditions["dose"]`` is set, else intensity (vacuum = 1).
-    Same inputs, seed and device -> identical bytes.
+    Same inputs, seed and device -> identical bytes. ``spectrum``: :func:`wave_spectrum` of ``waves`` (on
+    ``device``) to image the same waves under several conditions with one forward FFT (identical bytes);
+    ``cropped_ifft``: see :func:`image_batch` (same image to float32 rounding, not the same bytes).
     """
     dev = resolve_device(device)
     if "pixel_size" not in conditions:
@@ -266,7 +423,8 @@ def render_image(
     if not (math.isfinite(recorded) and recorded > 0):
         raise InputError(f"conditions.recorded_pixel_size: must be > 0 Å, got {recorded}")
     out = image_batch(w, sampling, energy, cond, pixel_size=recorded, generator=gen,
-                      mtf=conditions.get("mtf") or None)  # type: ignore[arg-type]
+                      mtf=conditions.get("mtf") or None, spectrum=spectrum,  # type: ignore[arg-type]
+                      cropped_ifft=cropped_ifft)
     if recorded != pixel_size:  # recorded on a coarser/finer detector, delivered on the labels' grid
         out = interpolate(out, resampled_shape(w.shape[-2:], as_pair(sampling, "sampling"), pixel_size))
     return out[0].cpu().numpy().astype(np.float32)

@@ -26,6 +26,7 @@ import numpy as np
 from .. import previews
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
+from ..imaging.image import wave_spectrum
 from ..io import atomic_path
 from ..jsonsafe import plain
 from ..labels import make_labels
@@ -120,11 +121,15 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
                          "particles": plain(lab.get("particles") or scene.get("particles") or [])})
             continue
         conditions = sample_imaging_conditions(spec.imaging, derive_seed(spec.seed, "imaging", i))
+        t = time.perf_counter()
+        # the scene waves' FFT once per structure, shared by its images (the same bytes as one FFT per image)
+        scene_spectrum = wave_spectrum(w["scene"], device="cpu")
+        render_s += time.perf_counter() - t
         for k, cond in enumerate(conditions):
             seed = int(cond.get("noise_seed", derive_seed(spec.seed, "image", i, k)))
             t = time.perf_counter()
-            img = np.asarray(render_image(w["scene"], sampling, energy, cond, zero, seed, device="cpu"),
-                             dtype=np.float32)
+            img = np.asarray(render_image(w["scene"], sampling, energy, cond, zero, seed, device="cpu",
+                                          spectrum=scene_spectrum), dtype=np.float32)
             render_s += time.perf_counter() - t
             lab = labels_at(cond["pixel_size"])
             mask = np.asarray(lab["mask"])

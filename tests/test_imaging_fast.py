@@ -1,0 +1,190 @@
+"""Guards of the imaging fast paths (correctness, not speed):
+
+- ``image_batch(cropped_ifft=True)``: inverse FFT, |ψ|² and phonon average on a cropped grid when an objective
+  aperture bounds the spectrum — the same images as the full-grid path to float32 rounding;
+- ``spectrum=`` (one forward FFT per structure in the images stage) — bit-identical images;
+- the full-grid path's |ψ|² and the calibration's propagate-and-image helper — bit-identical to the formulas
+  they replaced (``view_as_real(ψ).square().sum(-1)``, stacked spectra), so dataset bytes do not move.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hrtem_dataset.imaging import calibration, image_batch, render_image, transfer_function
+from hrtem_dataset.imaging.image import (
+    _coefficients,
+    _cropped_plans,
+    _fast_len,
+    _full_intensity,
+    wave_spectrum,
+)
+from hrtem_dataset.simulation.physics import wavelength
+
+MTF = {"floor": 0.05, "half_width": 0.6, "power": 2.0}
+
+
+def _waves(batch=3, phonons=2, n=(240, 216), seed=0):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    phase = 0.4 * torch.randn((batch, phonons, *n), generator=g, dtype=torch.float32)
+    amp = 1.0 + 0.05 * torch.randn((batch, phonons, *n), generator=g)
+    return torch.polar(amp, phase)
+
+
+def _conditions(cutoffs, seed=1):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    b = len(cutoffs)
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(b, generator=g, dtype=torch.float64)
+
+    return {"defocus": u(-200, 200), "Cs": u(-2e4, 2e4), "C12": u(0, 30), "phi12": u(0, math.pi),
+            "focal_spread": u(10, 50), "angular_spread": u(0.1, 0.5),
+            "semiangle_cutoff": torch.tensor(cutoffs, dtype=torch.float64)}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("pixel_size", [0.2, 0.25, 0.15, None])
+@pytest.mark.parametrize("soft", [True, False])
+def test_cropped_ifft_gives_the_full_grid_image(pixel_size, soft):
+    """Same noise-free images (MTF on) as the full-grid path to ~1e-6, for even/odd output grids, the
+    simulation grid itself (zero-padded output), an image without aperture in the batch, soft and hard
+    aperture edges; the cropped path is really taken for the apertured images."""
+    waves = _waves(phonons=8)  # 8 configurations: the cropped grid pays even for the full-grid output
+    cond = _conditions([8.0, math.inf, 12.0])
+    nx, ny = waves.shape[-2:]
+    shape = (nx, ny) if pixel_size is None else (round(nx * 0.1 / pixel_size), round(ny * 0.1 / pixel_size))
+    plans = _cropped_plans(cond["semiangle_cutoff"], 300e3, (nx, ny), (0.1, 0.1), shape, waves.shape[1])
+    assert plans is not None and None in plans and 1 in plans[None]
+    assert all(p is not None for p, rows in plans.items() if 0 in rows or 2 in rows)
+    for mtf in (MTF, None):
+        ref = image_batch(waves, 0.1, 300e3, cond, pixel_size, mtf=mtf, soft_aperture=soft)
+        fast = image_batch(waves, 0.1, 300e3, cond, pixel_size, mtf=mtf, soft_aperture=soft, cropped_ifft=True)
+        assert fast.shape == ref.shape == (3, *shape) and fast.dtype == ref.dtype
+        assert _rel(fast, ref) < 1e-5, (pixel_size, soft, _rel(fast, ref))
+        assert abs(float(fast.mean()) - float(ref.mean())) < 1e-5
+
+
+def test_cropped_ifft_with_dose_and_a_shared_spectrum():
+    """With a dose the two paths draw the same noise stream from the same seed (counts agree on average);
+    a shared (1, P, nx, ny) spectrum gives the cropped path's own images bit for bit."""
+    waves = _waves(batch=2)
+    cond = {**_conditions([15.0, 25.0]), "dose": torch.tensor([2000.0, 500.0], dtype=torch.float64)}
+    g1, g2 = torch.Generator(), torch.Generator()
+    g1.manual_seed(7)
+    g2.manual_seed(7)
+    ref = image_batch(waves, 0.1, 300e3, cond, 0.2, g1, mtf=MTF)
+    fast = image_batch(waves, 0.1, 300e3, cond, 0.2, g2, mtf=MTF, cropped_ifft=True)
+    assert float((fast.mean(dim=(-2, -1)) / ref.mean(dim=(-2, -1)) - 1).abs().max()) < 1e-3
+    one = waves[:1]
+    spec = torch.fft.fft2(one)
+    cond1 = {k: v[:1] for k, v in cond.items() if k != "dose"}
+    a = image_batch(one, 0.1, 300e3, cond1, 0.2, mtf=MTF, cropped_ifft=True)
+    b = image_batch(one, 0.1, 300e3, cond1, 0.2, mtf=MTF, cropped_ifft=True, spectrum=spec)
+    assert torch.equal(a, b)
+
+
+def test_cropped_grid_holds_the_aperture_support_and_the_output_band():
+    """The CTF is exactly zero outside the plan's |q| ≤ K (soft edge included), ``band=`` returns exactly
+    those entries of the full grid's CTF, and the cropped grid is alias-free for the output band."""
+    n, s, energy = (240, 216), (0.1, 0.1), 300e3
+    cond = _conditions([12.0, 18.0, 31.0])
+    coeffs = _coefficients(cond, 3, "cpu")
+    kw = dict(semiangle_cutoff=cond["semiangle_cutoff"], focal_spread=cond["focal_spread"],
+              angular_spread=cond["angular_spread"])
+    H = transfer_function(n, s, energy, coeffs, **kw)
+    for b, c in enumerate(cond["semiangle_cutoff"].tolist()):
+        plans = _cropped_plans(torch.tensor([c], dtype=torch.float64), energy, n, s, (120, 108), 2)
+        ((kx, ky), grid), = plans.keys()
+        qx = np.abs(np.fft.fftfreq(n[0]) * n[0])[:, None]
+        qy = np.abs(np.fft.fftfreq(n[1]) * n[1])[None, :]
+        outside = torch.from_numpy((qx > kx) | (qy > ky))
+        assert bool((H[b][outside] == 0).all()) and bool((H[b][~outside] != 0).any())
+        assert 2 * kx + 60 + 1 <= grid[0] <= n[0] and 2 * ky + 54 + 1 <= grid[1] <= n[1]
+        Hb = transfer_function(n, s, energy, {k: v[b : b + 1] for k, v in coeffs.items()},
+                               **{k: v[b : b + 1] for k, v in kw.items()}, band=(kx, ky))
+        rows = np.r_[0 : kx + 1, n[0] - kx : n[0]]
+        cols = np.r_[0 : ky + 1, n[1] - ky : n[1]]
+        full = H[b][rows][:, cols]
+        assert Hb.shape == (1, 2 * kx + 1, 2 * ky + 1)
+        assert float((Hb[0] - full).abs().max()) < 1e-6
+    # the support bound follows the soft edge: α_c + ½ Δα, Δα = λ / extent
+    lam = wavelength(energy)
+    assert kx >= (31e-3 / lam) * n[0] * s[0]
+    assert _fast_len(1) == 1 and _fast_len(97) == 100 and _fast_len(331) == 360 and _fast_len(640) == 640
+    # no aperture, or an aperture too wide to pay: no plan
+    assert _cropped_plans(torch.tensor([math.inf]), energy, n, s, (120, 108), 2) is None
+    assert _cropped_plans(torch.tensor([80.0], dtype=torch.float64), energy, n, s, (120, 108), 2) is None
+
+
+def test_render_image_with_a_shared_spectrum_is_bit_identical():
+    """The images stage transforms a structure's scene waves once and passes the spectrum to every
+    render_image call: the same bytes as transforming per image."""
+    waves = _waves(batch=1, phonons=2, n=(128, 128))[0].numpy()
+    spec = wave_spectrum(waves)
+    for k, cond in enumerate([
+        {"pixel_size": 0.2, "defocus": 50.0, "Cs": 1e4, "aberrations": {"C12": 20.0, "phi12": 0.3},
+         "focal_spread": 20.0, "angular_spread": 0.2, "dose": 800.0, "mtf": MTF, "read_noise": 1.0,
+         "semiangle_cutoff": None},
+        {"pixel_size": 0.25, "defocus": -30.0, "Cs": 0.0, "semiangle_cutoff": 20.0, "dose": None},
+        {"pixel_size": 0.2, "recorded_pixel_size": 0.3, "defocus": 10.0, "dose": 300.0, "mtf": MTF},
+    ]):
+        a = render_image(waves, 0.1, 300e3, cond, 12.5, seed=100 + k)
+        b = render_image(waves, 0.1, 300e3, cond, 12.5, seed=100 + k, spectrum=spec)
+        assert a.tobytes() == b.tobytes(), k
+
+
+def test_full_grid_intensity_is_bit_identical_to_the_previous_formula():
+    """|ψ|² as re² + im² (and the spectrum= variant) equals view_as_real(ψ).square().sum(-1) bit for bit."""
+    waves = _waves(batch=2, phonons=3, n=(96, 80))
+    cond = _conditions([20.0, math.inf])
+    H = transfer_function((96, 80), (0.1, 0.1), 300e3, _coefficients(cond, 2, "cpu"),
+                          semiangle_cutoff=cond["semiangle_cutoff"])
+    spec = torch.fft.fft2(waves)
+    spec.mul_(H[:, None])
+    psi = torch.fft.ifft2(spec, out=spec)
+    previous = torch.view_as_real(psi).square_().sum(dim=-1).mean(dim=1)
+    assert torch.equal(_full_intensity(waves, None, H), previous)
+    assert torch.equal(_full_intensity(waves, torch.fft.fft2(waves), H), previous)
+
+
+@pytest.mark.parametrize("phonons", [1, 2])
+def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonons):
+    """The calibration's buffer-reusing propagate-and-image helper gives the same bytes as stacking the
+    propagated spectra (the formula the grid search's recorded zero-defocus values came from)."""
+    waves = _waves(batch=1, phonons=phonons, n=(96, 80))[0]
+    lam = wavelength(300e3)
+    from hrtem_dataset.imaging.aberrations import polar_grid
+
+    alpha, _ = polar_grid((96, 80), (0.1, 0.1), lam, "cpu")
+    phase = math.pi * lam * (alpha / lam) ** 2
+    spec = torch.fft.fft2(waves)
+    for defoci in (np.arange(-3.0, 5.0, 1.0), np.array([0.0, 1.5, 7.25])):
+        steps = np.diff(defoci)
+        uniform = bool(np.allclose(steps, steps[0]))
+        step = calibration._propagator(phase, float(steps[0])) if uniform else None
+        if uniform:
+            specs = [spec * calibration._propagator(phase, float(defoci[0]))]
+            for _ in range(1, len(defoci)):
+                specs.append(specs[-1] * step)
+        else:
+            specs = [spec * calibration._propagator(phase, float(z)) for z in defoci]
+        psi = torch.fft.ifft2(torch.stack(specs))
+        previous = torch.view_as_real(psi).square().sum(dim=-1).mean(dim=1)
+        buf = torch.empty((len(defoci) + 2, *spec.shape), dtype=spec.dtype)
+        assert torch.equal(calibration._intensities(spec, phase, defoci, step), previous)
+        assert torch.equal(calibration._intensities(spec, phase, defoci, step, buf), previous)
+        curve = calibration.contrast_curve(waves.numpy(), 0.1, 300e3, defoci, batch_size=3)
+        ref = np.concatenate([previous[i : i + 3].var(dim=(-2, -1), unbiased=False).double().numpy()
+                              for i in range(0, len(defoci), 3)]) if not uniform else None
+        if ref is not None:
+            np.testing.assert_array_equal(curve, ref)
