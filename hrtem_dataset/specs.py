@@ -399,6 +399,10 @@ class ImagingDistributionSpec(Strict):
         "grid", exclude_if=lambda v: v == "grid",  # the default leaves spec hashes (and fingerprints) as they were
         description="zero-defocus search: 'grid' (the paper's: every step value on the full field) or 'fast' "
         "(windows around the particles + golden-section refinement; the same minimum, fewer FFT pixels)")
+    cropped_ifft: bool = Field(
+        False, exclude_if=lambda v: v is False,  # the default leaves spec hashes (and fingerprints) as they were
+        description="with an objective aperture (semiangle_cutoff), image on the smallest FFT grid that holds "
+        "the output band without aliasing: the same images to float32 rounding (~1e-6), not the same bytes")
 
     @model_validator(mode="after")
     def _physical(self) -> ImagingDistributionSpec:

@@ -141,6 +141,12 @@ def test_render_image_with_a_shared_spectrum_is_bit_identical():
         a = render_image(waves, 0.1, 300e3, cond, 12.5, seed=100 + k)
         b = render_image(waves, 0.1, 300e3, cond, 12.5, seed=100 + k, spectrum=spec)
         assert a.tobytes() == b.tobytes(), k
+        if cond.get("semiangle_cutoff") and not cond.get("dose"):  # the cropped path, through render_image
+            c = render_image(waves, 0.1, 300e3, cond, 12.5, seed=100 + k, spectrum=spec, cropped_ifft=True)
+            assert c.shape == a.shape and float(np.abs(c - a).max() / np.abs(a).max()) < 1e-5
+            plans = _cropped_plans(torch.tensor([20.0], dtype=torch.float64), 300e3, (128, 128), (0.1, 0.1),
+                                   a.shape, 2)
+            assert plans is not None and None not in plans
 
 
 def test_full_grid_intensity_is_bit_identical_to_the_previous_formula():
@@ -188,3 +194,13 @@ def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonon
                               for i in range(0, len(defoci), 3)]) if not uniform else None
         if ref is not None:
             np.testing.assert_array_equal(curve, ref)
+
+
+def test_cropped_ifft_spec_option_is_opt_in_and_keeps_default_hashes():
+    """``imaging.cropped_ifft`` defaults to False and is left out of spec dumps (and hashes) at its default."""
+    from hrtem_dataset.specs import ImagingDistributionSpec
+
+    default = ImagingDistributionSpec()
+    assert default.cropped_ifft is False and "cropped_ifft" not in default.model_dump()
+    on = ImagingDistributionSpec(cropped_ifft=True, semiangle_cutoff=25.0)
+    assert on.model_dump()["cropped_ifft"] is True

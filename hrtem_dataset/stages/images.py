@@ -129,7 +129,8 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
             seed = int(cond.get("noise_seed", derive_seed(spec.seed, "image", i, k)))
             t = time.perf_counter()
             img = np.asarray(render_image(w["scene"], sampling, energy, cond, zero, seed, device="cpu",
-                                          spectrum=scene_spectrum), dtype=np.float32)
+                                          spectrum=scene_spectrum, cropped_ifft=spec.imaging.cropped_ifft),
+                             dtype=np.float32)
             render_s += time.perf_counter() - t
             lab = labels_at(cond["pixel_size"])
             mask = np.asarray(lab["mask"])
