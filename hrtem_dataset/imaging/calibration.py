@@ -41,6 +41,7 @@ import torch
 from ..device import resolve_device
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
+from ..spectra import fft2
 from ._common import as_pair, phonon_stack
 from .aberrations import polar_grid
 
@@ -63,7 +64,7 @@ def contrast_curve(
     lam = electron_wavelength(energy)
     alpha, _ = polar_grid(tuple(w.shape[-2:]), s, lam, dev)
     phase_per_angstrom = math.pi * lam * (alpha / lam) ** 2  # π λ |k|², rad/Å (float64)
-    spec = torch.fft.fft2(w)
+    spec = fft2(w)
     d = np.asarray(defoci, dtype=np.float64).reshape(-1)
     if d.size == 0:
         return np.zeros(0)
@@ -103,7 +104,7 @@ def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: n
     else:
         for i, z in enumerate(defoci):
             torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=out[i])
-    psi = torch.fft.ifft2(out, out=out)
+    psi = fft2(out, inverse=True, out=out)
     inten = psi.real.square()
     inten += psi.imag.square()
     return inten[:, 0] if inten.shape[1] == 1 else inten.mean(dim=1)
@@ -193,7 +194,7 @@ def _window_contrast(waves, sampling, energy: float, atoms, margin: float,
         cols = torch.arange(win[1][0], win[1][0] + win[1][1], device=dev) % ny
         sub = w.index_select(-2, rows).index_select(-1, cols)
         alpha, _ = polar_grid(tuple(sub.shape[-2:]), s, lam, dev)
-        parts.append((torch.fft.fft2(sub), math.pi * lam * (alpha / lam) ** 2))
+        parts.append((fft2(sub), math.pi * lam * (alpha / lam) ** 2))
     bufs: list[torch.Tensor | None] = [None] * len(parts)
 
     def evaluate(defoci: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import InputError
-from ..spectra import crop_spectrum
+from ..spectra import crop_spectrum, fft2
 from ._common import as_pair, complex_tensor, phonon_stack
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
@@ -211,17 +211,17 @@ def wave_spectrum(waves, device: str | None = "cpu") -> torch.Tensor:
     """``fft2`` of exit waves (nx, ny) or (phonons, nx, ny) as :func:`render_image` computes it, complex64
     (1, P, nx, ny): pass it as ``spectrum`` to :func:`render_image` / :func:`image_batch` to image the same
     waves under several conditions with one forward transform (bit-identical images)."""
-    return torch.fft.fft2(_waves_4d(waves, resolve_device(device)))
+    return fft2(_waves_4d(waves, resolve_device(device)))
 
 
 def _full_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch.Tensor) -> torch.Tensor:
     """(1/P) Σ_p |F⁻¹[Ψ_p H]|² on the simulation grid (the reference path), float32 (B, nx, ny)."""
     if spectrum is None:
-        spec = torch.fft.fft2(waves)
+        spec = fft2(waves)
         spec.mul_(H[:, None])  # in place: the batch of P waves is the largest array here
     else:
         spec = spectrum * H[:, None]
-    psi = torch.fft.ifft2(spec, out=spec)
+    psi = fft2(spec, inverse=True, out=spec)
     # |ψ|² as re² + im²: the same float32 operations as view_as_real(ψ).square().sum(-1), without the
     # slow reduction over a length-2 axis (bit-identical; tests/test_imaging_fast.py checks it)
     return (psi.real.square() + psi.imag.square()).mean(dim=1)
@@ -290,7 +290,7 @@ def _cropped_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: to
     grid's points. The forward transform stays a full 2-D FFT (faster than pruned 1-D transforms here)."""
     kx, ky = k
     nx, ny = waves.shape[-2:]
-    x = torch.fft.fft2(waves) if spectrum is None else spectrum
+    x = fft2(waves) if spectrum is None else spectrum
     x = torch.cat([x[..., : kx + 1, :], x[..., nx - kx :, :]], dim=-2)
     x = torch.cat([x[..., : ky + 1], x[..., ny - ky :]], dim=-1) * H[:, None]
     gx, gy = grid
@@ -300,7 +300,7 @@ def _cropped_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: to
     z[..., gx - kx :, : ky + 1] = x[..., kx + 1 :, : ky + 1]
     z[..., gx - kx :, gy - ky :] = x[..., kx + 1 :, ky + 1 :]
     del x
-    z = torch.fft.ifft2(z, norm="forward", out=z)
+    z = fft2(z, inverse=True, norm="forward", out=z)
     return (z.real.square() + z.imag.square()).mean(dim=1)
 
 

@@ -54,6 +54,7 @@ from ase.data import chemical_symbols
 from ..device import resolve_device
 from ..errors import InputError
 from ..limits import check_memory
+from ..spectra import plane_groups
 from .physics import interaction_parameter, wavelength
 from .potentials import get_parametrization
 
@@ -404,7 +405,7 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
                              plane_species[p0:p1], plane_target[p0:p1], forms, tables, local.workspace)
 
     psi = torch.ones((n_batch, nx, ny), dtype=torch.complex64, device=device)
-    parts = _plane_groups(n_batch, device)
+    parts = plane_groups(n_batch, (nx, ny), device)
     buf = torch.empty((parts[0].stop - parts[0].start, nx, ny), dtype=torch.complex64, device=device)
     with _transmission_stream(build, chunks, workers) as stream:
         for (chunk, _, _), (t_bl, targets) in zip(chunks, stream, strict=True):
@@ -428,14 +429,6 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
                         torch.fft.ifft2(b, out=psi[part])
             del t_bl, tr
     return psi
-
-
-def _plane_groups(n: int, device: torch.device) -> list[slice]:
-    """How a stack of ``n`` planes goes through the 2-D FFTs: plane by plane on the CPU (MKL's batched 2-D
-    complex and inverse real transforms of 640²–1280² planes took 1.4–2.7× as long as a loop over the
-    planes on this project's 2-core machines, with bit-identical results), one batched call on CUDA."""
-    step = 1 if device.type == "cpu" else max(int(n), 1)
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 CPU_PIPELINE = True
@@ -556,7 +549,7 @@ def _transmission(positions: np.ndarray, plane_offsets: np.ndarray, plane_specie
             vk = torch.zeros((len(targets), nx, ny // 2 + 1), dtype=torch.complex64, device=device)
             vk.index_add_(0, torch.as_tensor(target_of_plane, device=device), spectrum)
         del spectrum
-    groups = _plane_groups(len(targets), device)
+    groups = plane_groups(len(targets), (nx, ny), device)
     shape = (groups[0].stop - groups[0].start, nx, ny)
     scratch = (workspace if workspace is not None else {}).setdefault("transmission", {})
     if scratch.get("shape") != shape:  # per-thread buffers, reused across chunks
