@@ -416,9 +416,9 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
                 with _phase("propagation", fft2=2 * n_batch):
                     if len(members) == n_batch:
                         psi.mul_(tr)
-                    else:
-                        idx = torch.as_tensor(members, device=device)
-                        psi[idx] = psi[idx] * tr
+                    else:  # in place, member by member (advanced indexing would copy both stacks)
+                        for j, m in enumerate(members.tolist()):
+                            psi[m].mul_(tr[j])
                     k = int(np.searchsorted(nonempty, sl))
                     steps = int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
                     prop = tables.propagator(steps, dz)
