@@ -34,6 +34,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import InputError
+from ..simulation.physics import wavelength as electron_wavelength
 from ..spectra import crop_spectrum, fft2
 from ._common import as_pair, complex_tensor, phonon_stack
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
@@ -258,8 +259,6 @@ def _cropped_plans(cut: torch.Tensor, energy: float, n: tuple[int, int], s: tupl
     the output band |q| ≤ ⌊m/2⌋ that sum has the single term j = 0 when n' ≥ 2K + ⌊m/2⌋ + 1. The
     intensity spectrum inside the output band is then the same as on the full grid (which aliases
     nothing there either when n' < n). Returns ``None`` when no image benefits."""
-    from ..simulation.physics import wavelength as electron_wavelength
-
     lam = electron_wavelength(energy)
     extent = (n[0] * s[0], n[1] * s[1])
     edge = 0.5 * max(lam / extent[0], lam / extent[1])  # soft-aperture ramp half-width, rad
