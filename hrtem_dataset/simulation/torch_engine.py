@@ -404,31 +404,33 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
         return _transmission(positions[plane_start[p0]:plane_start[p1]], plane_start[p0:p1 + 1] - plane_start[p0],
                              plane_species[p0:p1], plane_target[p0:p1], forms, tables, local.workspace)
 
-    psi = torch.ones((n_batch, nx, ny), dtype=torch.complex64, device=device)
+    # the waves as groups of planes (single planes on the CPU: see spectra.plane_groups); each FFT returns a
+    # fresh tensor that replaces its group (an ``out=`` argument costs a copy of the result)
     parts = plane_groups(n_batch, (nx, ny), device)
-    buf = torch.empty((parts[0].stop - parts[0].start, nx, ny), dtype=torch.complex64, device=device)
+    step = parts[0].stop - parts[0].start
+    waves = [torch.ones((p.stop - p.start, nx, ny), dtype=torch.complex64, device=device) for p in parts]
     with _transmission_stream(build, chunks, workers) as stream:
-        for (chunk, _, _), (t_bl, targets) in zip(chunks, stream, strict=True):
+        for (chunk, _, _), (t_parts, targets) in zip(chunks, stream, strict=True):
+            t_step = len(t_parts[0])
             for sl in chunk:
                 members = targets[targets // n_batch == sl] % n_batch
                 lo = int(np.searchsorted(targets, sl * n_batch))
-                tr = t_bl[lo:lo + len(members)]
                 with _phase("propagation", fft2=2 * n_batch):
-                    if len(members) == n_batch:
-                        psi.mul_(tr)
-                    else:  # in place, member by member (advanced indexing would copy both stacks)
+                    if len(waves) == 1 and len(t_parts) == 1 and len(members) == n_batch:
+                        waves[0].mul_(t_parts[0][lo:lo + n_batch])
+                    else:  # in place, wave by wave (advanced indexing would copy both stacks)
                         for j, m in enumerate(members.tolist()):
-                            psi[m].mul_(tr[j])
+                            i = lo + j
+                            waves[m // step][m % step].mul_(t_parts[i // t_step][i % t_step])
                     k = int(np.searchsorted(nonempty, sl))
                     steps = int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
                     prop = tables.propagator(steps, dz)
-                    for part in parts:
-                        b = buf[: part.stop - part.start]
-                        torch.fft.fft2(psi[part], out=b)
+                    for w in range(len(waves)):
+                        b = torch.fft.fft2(waves[w])
                         b.mul_(prop)
-                        torch.fft.ifft2(b, out=psi[part])
-            del t_bl, tr
-    return psi
+                        waves[w] = torch.fft.ifft2(b)
+            del t_parts
+    return waves[0] if len(waves) == 1 else torch.cat(waves)
 
 
 CPU_PIPELINE = True
@@ -531,7 +533,9 @@ def _transmission(positions: np.ndarray, plane_offsets: np.ndarray, plane_specie
     """Band-limited transmission functions of the (slice, member) targets of one chunk.
 
     ``positions`` are the chunk's atoms sorted by plane, plane p owning rows
-    ``plane_offsets[p]:plane_offsets[p+1]``. Returns (T, nx, ny) complex64 and the sorted target keys.
+    ``plane_offsets[p]:plane_offsets[p+1]``. Returns the transmission functions of the T sorted targets as
+    consecutive groups of planes (list of (n_g, nx, ny) complex64, see ``spectra.plane_groups``) and the
+    sorted target keys.
     """
     device = tables.device
     nx, ny = tables.grid.gpts
@@ -553,23 +557,21 @@ def _transmission(positions: np.ndarray, plane_offsets: np.ndarray, plane_specie
     shape = (groups[0].stop - groups[0].start, nx, ny)
     scratch = (workspace if workspace is not None else {}).setdefault("transmission", {})
     if scratch.get("shape") != shape:  # per-thread buffers, reused across chunks
-        scratch.update(shape=shape, phase=torch.empty(shape, device=device), cos=torch.empty(shape, device=device),
-                       sin=torch.empty(shape, device=device),
-                       tk=torch.empty(shape, dtype=torch.complex64, device=device))
-    t = torch.empty((len(targets), nx, ny), dtype=torch.complex64, device=device)
+        scratch.update(shape=shape, cos=torch.empty(shape, device=device), sin=torch.empty(shape, device=device))
+    t_parts = []
     for g in groups:
         n = g.stop - g.start
-        phase, cos, sin, tk = (scratch[k][:n] for k in ("phase", "cos", "sin", "tk"))
+        cos, sin = scratch["cos"][:n], scratch["sin"][:n]
         with _phase("potential", rfft2=n):
-            torch.fft.irfft2(vk[g], s=(nx, ny), out=phase)  # σ v_z
+            phase = torch.fft.irfft2(vk[g], s=(nx, ny))  # σ v_z
         with _phase("transmission", fft2=2 * n):
             torch.cos(phase, out=cos)  # contiguous cos and sin, then interleaved: 2-3× faster than writing
-            torch.sin(phase, out=sin)  # into the strided real/imaginary views of t
-            torch.complex(cos, sin, out=t[g])
-            torch.fft.fft2(t[g], out=tk)
+            torch.sin(phase, out=sin)  # into the strided real/imaginary views of a complex tensor
+            tk = torch.fft.fft2(torch.complex(cos, sin))
             tk.mul_(tables.aperture)
-            torch.fft.ifft2(tk, out=t[g])
-    return t, targets
+            t_parts.append(torch.fft.ifft2(tk))
+        del phase, tk
+    return t_parts, targets
 
 
 def projected_potential(positions: np.ndarray, numbers: np.ndarray, cell: Sequence[float],
