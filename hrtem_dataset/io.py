@@ -104,6 +104,23 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         raise
 
 
+def save_npz(fh, level: int = 1, **arrays) -> None:
+    """``np.savez_compressed`` with a deflate ``level`` (numpy's is zlib's default, 6): the same ``.npz``
+    format and arrays for ``np.load``. Level 1 writes an images shard ≈ 4× faster than level 6 for ≈ 1.3× the
+    bytes (noisy float32 images dominate both)."""
+    import io as _io
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            buf = _io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
+                        compress_type=zipfile.ZIP_DEFLATED, compresslevel=level)
+
+
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """Fail early (before any compute) when ``path`` cannot be an output file: an existing directory,
     or a parent that exists as a file or cannot be created/written."""

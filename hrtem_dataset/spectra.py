@@ -73,11 +73,16 @@ def crop_spectrum(spec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return pad
 
 
+def crop_complex_spectrum(spec: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Crop (or zero-pad) a complex ``fft2`` spectrum (…, n_x, n_y) to its ``shape`` (m_x, m_y) lowest
+    frequencies; contiguous."""
+    spec = _crop_rows(spec, int(shape[-2])).transpose(-1, -2)
+    return _crop_rows(spec, int(shape[-1])).transpose(-1, -2).contiguous()
+
+
 def fourier_crop_complex(waves: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Band-limit and resample complex waves (…, n_x, n_y) to ``shape``; keeps the mean (vacuum = 1)."""
     m = (int(shape[-2]), int(shape[-1]))
     n = waves.shape[-2:]
-    spec = torch.fft.fft2(waves)
-    spec = _crop_rows(spec, m[0]).transpose(-1, -2)
-    spec = _crop_rows(spec, m[1]).transpose(-1, -2)
+    spec = crop_complex_spectrum(torch.fft.fft2(waves), m)
     return torch.fft.ifft2(spec) * (m[0] * m[1] / (n[0] * n[1]))

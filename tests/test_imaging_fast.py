@@ -204,3 +204,89 @@ def test_cropped_ifft_spec_option_is_opt_in_and_keeps_default_hashes():
     assert default.cropped_ifft is False and "cropped_ifft" not in default.model_dump()
     on = ImagingDistributionSpec(cropped_ifft=True, semiangle_cutoff=25.0)
     assert on.model_dump()["cropped_ifft"] is True
+
+
+# ------------------------------------------------------------------------ fast zero-defocus search pieces
+
+
+def test_golden_section_over_grid_values_finds_the_grid_minimum_evaluating_each_value_once():
+    """The fine stage's golden section over grid values returns the brute-force minimum of unimodal curves
+    (including minima on the bracket's edges) and, through the memo, evaluates no value twice."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        lo, step, n = -1.0 + rng.uniform(-30, 30), 0.1, int(rng.integers(2, 40))
+        grid = lo + step * np.arange(n + 1)
+        centre = rng.choice([grid[0], grid[-1], rng.uniform(grid[0], grid[-1])])
+        width = rng.uniform(0.05, 3.0)
+        calls: list[float] = []
+
+        def f(d, centre=centre, width=width, calls=calls):
+            calls.extend(np.round(d, 6).tolist())
+            return np.abs(d - centre) ** 1.5 / width
+
+        memo = calibration._Memo(f)
+        best = calibration._golden_section(memo, lo, lo + step * n, step)
+        assert len(calls) == len(set(calls)) == memo.evaluations
+        assert best == pytest.approx(grid[np.argmin(f(grid))], abs=1e-9)
+        if n >= 20:
+            assert memo.evaluations <= 9  # vs n + 1 for the grid
+
+
+def test_confirm_walks_from_the_proxy_minimum_to_the_full_curves_minimum():
+    """The first stage's confirmation window moves on while its best value sits on an inner edge: a proxy
+    minimum several windows away from the full curve's still reaches it, and a minimum on the range's edge
+    is kept."""
+    grid = np.arange(0.0, 60.0, 1.0)
+    for true in (0, 7, 23, 41, 59):
+        for start in (0, 5, 30, 59):
+            f = calibration._Memo(lambda d, t=true: (d - t) ** 2)
+            assert calibration._confirm(f, grid, start, 3) == true
+            assert f.evaluations <= abs(true - start) + 7
+
+
+def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
+    """The band-limited proxy runs on the smallest FFT grid holding the band (256² for a 64 Å cell at 0.1 Å
+    and 2 Å⁻¹), its curve's minimum is within a few Å of the full wave's, and the full search confirms the
+    grid search's value exactly."""
+    from ase import Atoms
+    from ase.cluster import FaceCenteredCubic
+
+    from hrtem_dataset.simulation import simulate_exit_wave
+
+    c = FaceCenteredCubic("Au", [(1, 0, 0), (1, 1, 0), (1, 1, 1)], [3, 4, 3], latticeconstant=4.08)
+    c.rotate(31.0, "z", center="COP")
+    c.positions += np.array([32.0, 32.0, 16.0]) - c.positions.mean(axis=0)
+    atoms = Atoms(c.get_chemical_symbols(), positions=c.positions, cell=[64.0, 64.0, 32.0], pbc=True)
+    atoms.set_array("particle_id", np.zeros(len(atoms), dtype=int))
+    wave = simulate_exit_wave(atoms, sampling=0.1, slice_thickness=2.0)
+    assert calibration.particle_windows(atoms, wave.shape, 0.1, margin=30.0) is None  # full-field evaluations
+    proxy, smaller = calibration._band_contrast(wave, 0.1, 300e3, 2.0, "cpu")
+    assert smaller
+    grid = np.arange(*calibration.defocus_search_range(atoms), 1.0)
+    full = calibration.contrast_curve(wave, 0.1, 300e3, grid)
+    assert abs(grid[np.argmin(proxy(grid))] - grid[np.argmin(full)]) <= 4.0
+    ref = calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms)
+    assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", margin=30.0) == ref
+    assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast") == ref  # windowed
+    with pytest.raises(calibration.InputError, match="band"):
+        calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", band=0.0)
+
+
+def test_save_npz_round_trips_every_array_deterministically(tmp_path):
+    """The images shard writer: np.load reads back the same arrays (dtype, shape, values, the rows string),
+    the bytes do not depend on the time of writing, and level 1 is smaller than storing."""
+    from hrtem_dataset.io import save_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"rows": np.str_('[{"a": 1}]'), "image_0": rng.poisson(5, (64, 48)).astype(np.float32),
+              "mask_0": (rng.random((64, 48)) > 0.5).astype(np.uint8), "instances_0": np.zeros((64, 48), np.int32)}
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for p in paths:
+        with open(p, "wb") as fh:
+            save_npz(fh, **arrays)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    back = np.load(paths[0])
+    assert sorted(back.files) == sorted(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+    assert paths[0].stat().st_size < sum(v.nbytes for v in arrays.values()) / 2

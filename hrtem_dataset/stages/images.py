@@ -27,7 +27,7 @@ from .. import previews
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
 from ..imaging.image import wave_spectrum
-from ..io import atomic_path
+from ..io import atomic_path, save_npz
 from ..jsonsafe import plain
 from ..labels import make_labels
 from ..seeding import derive_seed
@@ -145,7 +145,7 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
                          "pixel_size": float(cond["pixel_size"]), "conditions": plain(cond),
                          "particles": plain(lab.get("particles") or scene.get("particles") or [])})
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, rows=np.str_(json.dumps(rows, sort_keys=True)), **arrays)
+        save_npz(fh, rows=np.str_(json.dumps(rows, sort_keys=True)), **arrays)
     dt = time.perf_counter() - t0
     n_img = len(rows) if spec.kind == "images" else 0
     return {"shard": int(shard), "structures": len(indices), "computed": 1, "reused": 0, "rows": len(rows),
