@@ -247,3 +247,29 @@ def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
     with pytest.raises(InputError, match="built from a different spec"):
         pl.claim_stage_dir(spec, "images", "fp-other", tmp_path)
 
+
+
+def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_path):
+    """The images stage with ``calibration_search: fast`` (band-limited scan confirmed on the full wave,
+    golden section) writes the same images, masks, instance maps and zero-defocus values as with the
+    paper's grid search (the same calibrated value, hence the same bytes)."""
+    shards = {}
+    for search in ("grid", "fast"):
+        d = tiny_spec_dict(model=False, train=2, validation=1, test=1, shard_size=4)
+        d["imaging"]["images_per_structure"] = 2
+        if search == "fast":
+            d["imaging"]["calibration_search"] = "fast"
+        spec = DatasetSpec.model_validate(d)
+        root = tmp_path / search
+        pl.plan_structures(spec, root)
+        pl.build_structures_shard(spec, 0, root)
+        pl.simulate_shard(spec, 0, root)
+        pl.image_shard(spec, 0, root)
+        shards[search] = dict(np.load(pl.images_path(spec, 0, root)))
+    grid, fast = shards["grid"], shards["fast"]
+    assert sorted(grid) == sorted(fast) and len(grid) == 1 + 3 * 8
+    for k in grid:
+        if k != "rows":
+            assert np.array_equal(grid[k], fast[k]), k
+    zeros = [[r["zero_defocus"] for r in json.loads(str(s["rows"]))] for s in (grid, fast)]
+    assert zeros[0] == zeros[1] and all(z != 0.0 for z in zeros[0])
