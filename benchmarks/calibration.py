@@ -86,7 +86,7 @@ def main() -> dict:
         "same_value": sum(a == b for a, b in zip(values["grid"], values["fast"], strict=True)),
         "fast_evaluations_mean": round(sum(evaluations) / max(len(evaluations), 1), 1),
         "grid_evaluations_mean": round(sum(len(np.arange(*defocus_search_range(a), steps[0])) + 1
-                                           + sum(2 * round(p / q) + 1 for p, q in zip(steps[:-1], steps[1:]))
+                                           + sum(2 * round(p / q) + 1 for p, q in zip(steps[:-1], steps[1:], strict=True))
                                            for *_, a in items) / len(items), 1),
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "machine": platform.machine(), "load_average_1min": round(os.getloadavg()[0], 2),

@@ -23,7 +23,6 @@ from ..errors import InputError
 from ..io import atomic_path
 from .thermal import default_rms_displacement
 
-
 _PROPERTIES = "species:S:1:pos:R:3:particle_id:I:1"
 _HEADER = re.compile(r'Lattice="([^"]*)" Properties=(\S+)(?: scene="((?:[^"\\]|\\")*)")? pbc="([TF]) ([TF]) ([TF])"')
 
