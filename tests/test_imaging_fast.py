@@ -290,3 +290,23 @@ def test_save_npz_round_trips_every_array_deterministically(tmp_path):
     for k, v in arrays.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
     assert paths[0].stat().st_size < sum(v.nbytes for v in arrays.values()) / 2
+
+
+def test_streamed_cropped_intensity_equals_the_batched_form():
+    """The CPU's plane-by-plane cropped path (fresh forward FFT per plane, band corners × H into the coarse
+    grid) gives the batched form's intensities (the accelerators' path) to float32 rounding, with per-image
+    waves, a per-image spectrum and one spectrum shared by the batch."""
+    from hrtem_dataset.imaging.image import _cropped_intensity, _cropped_intensity_batched
+
+    waves = _waves(batch=3, phonons=2, n=(240, 216))
+    k, grid = (37, 33), (128, 120)
+    g = torch.Generator()
+    g.manual_seed(4)
+    H = torch.polar(torch.rand((3, 2 * k[0] + 1, 2 * k[1] + 1), generator=g),
+                    6.0 * torch.rand((3, 2 * k[0] + 1, 2 * k[1] + 1), generator=g)) / (240 * 216)
+    spectrum = torch.fft.fft2(waves)
+    for w, sp in ((waves, None), (waves, spectrum), (waves[:1].expand(3, -1, -1, -1), spectrum[:1])):
+        ref = _cropped_intensity_batched(w, sp, H, k, grid)
+        out = _cropped_intensity(w, sp, H, k, grid)
+        assert out.shape == ref.shape == (3, *grid) and out.dtype == torch.float32
+        assert float((out - ref).abs().max() / ref.abs().max()) < 2e-6
