@@ -37,8 +37,9 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
     assert out["labelled_rows"] == 1 and out["labelled_rows_are"] == "images"
     stage_s = out["structures_s"] + out["exit_waves_s"] + out["imaging_s"]
     assert math.isclose(out["labelled_stages_s"], stage_s, abs_tol=2e-3)
+    # labelled_stages_s is printed rounded to 1 ms: its relative error is up to 0.5 ms / the (sub-second) total
     assert math.isclose(out["labelled_images_per_hour"], out["labelled_rows"] / out["labelled_stages_s"] * 3600,
-                        rel_tol=1e-3, abs_tol=0.1)
+                        rel_tol=1e-3 + 5e-4 / out["labelled_stages_s"], abs_tol=0.1)
     assert set(out["peak_rss_mib"]) == set(bench.STAGES)
     assert all(out["peak_rss_mib"][k] >= out["import_rss_mib"][k] > 0 for k in bench.STAGES)
     assert out["all_stages_under_4gb"] is True
