@@ -27,7 +27,7 @@ by a peak 8 Å wide, which a 10 Å first step misses — hence 1 Å.
 - **band-limited coarse scan, exact confirmation**: the first stage scans the whole range on the wave cut
   to |k_x|, |k_y| ≤ ``band`` (2 Å⁻¹ by default) on the smallest FFT grid holding that band (256² instead of
   640² for a 64 Å cell at 0.1 Å: 6× fewer pixels per defocus). That curve only *locates* the basin — band
-  limiting moves the first-stage minimum by up to 4 Å on the 48 au-baseline-cpu structures (up to 1 Å at
+  limiting moved the first-stage minimum by up to 4 Å on 16 au-baseline-cpu structures (up to 1 Å at
   2.5 Å⁻¹) — so the full-band wave is then evaluated at the first stage's grid values around the proxy's
   minimum (±``confirm`` = 3 steps, the window moved on while its best value sits on an inner edge), which
   gives the grid search's first-stage minimum whenever the proxy's basin is the full wave's. On those 48
