@@ -20,12 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hrtem_dataset import pipeline as pl
 from hrtem_dataset.imaging import calibration
-from hrtem_dataset.imaging.calibration import calibrate_zero_defocus, defocus_search_range, particle_windows
+from hrtem_dataset.imaging.calibration import (
+    calibrate_zero_defocus,
+    defocus_search_range,
+    first_stage_grid,
+    particle_windows,
+)
 from hrtem_dataset.specs import DatasetSpec, load_spec
 from hrtem_dataset.workspace import shard_indices
 
@@ -85,7 +89,7 @@ def main() -> dict:
         "max_abs_difference_A": round(max(abs(a - b) for a, b in zip(values["grid"], values["fast"], strict=True)), 3),
         "same_value": sum(a == b for a, b in zip(values["grid"], values["fast"], strict=True)),
         "fast_evaluations_mean": round(sum(evaluations) / max(len(evaluations), 1), 1),
-        "grid_evaluations_mean": round(sum(len(np.arange(*defocus_search_range(a), steps[0])) + 1
+        "grid_evaluations_mean": round(sum(first_stage_grid(defocus_search_range(a), steps[0]).size
                                            + sum(2 * round(p / q) + 1 for p, q in zip(steps[:-1], steps[1:], strict=True))
                                            for *_, a in items) / len(items), 1),
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

@@ -81,15 +81,21 @@ def contrast_curve(
     d = np.asarray(defoci, dtype=np.float64).reshape(-1)
     if d.size == 0:
         return np.zeros(0)
-    steps = np.diff(d)
-    uniform = d.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
-    step = _propagator(phase_per_angstrom, float(steps[0])) if uniform else None
+    step = _uniform_step(phase_per_angstrom, d)
     out = []
     buf = torch.empty((min(batch_size, d.size), *spec.shape), dtype=spec.dtype, device=spec.device)
     for i in range(0, d.size, batch_size):
         inten = _intensities(spec, phase_per_angstrom, d[i : i + batch_size], step, buf)
         out.append(inten.var(dim=(-2, -1), unbiased=False).to(torch.float64))
     return torch.cat(out).cpu().numpy()
+
+
+def _uniform_step(phase_per_angstrom: torch.Tensor, defoci: np.ndarray) -> torch.Tensor | None:
+    """The propagator of the values' spacing when ``defoci`` are uniformly spaced (then :func:`_intensities`
+    steps from one value to the next with one complex multiply), else ``None``."""
+    steps = np.diff(defoci)
+    uniform = defoci.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
+    return _propagator(phase_per_angstrom, float(steps[0])) if uniform else None
 
 
 def _propagator(phase_per_angstrom: torch.Tensor, dz: float) -> torch.Tensor:
@@ -222,14 +228,11 @@ def _window_contrast(waves, sampling, energy: float, atoms, margin: float, devic
 
     def evaluate(defoci: np.ndarray) -> np.ndarray:
         d = np.asarray(defoci, dtype=np.float64).reshape(-1)
-        steps = np.diff(d)
-        uniform = d.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
         total = torch.zeros(d.size, dtype=torch.float64, device=dev)
         for j, (spec, phase) in enumerate(parts):
             if bufs[j] is None or bufs[j].shape[0] < d.size:  # type: ignore[union-attr]
                 bufs[j] = torch.empty((d.size, *spec.shape), dtype=spec.dtype, device=spec.device)
-            inten = _intensities(spec, phase, d, _propagator(phase, float(steps[0])) if uniform else None,
-                                 bufs[j]).reshape(d.size, -1)
+            inten = _intensities(spec, phase, d, _uniform_step(phase, d), bufs[j]).reshape(d.size, -1)
             inten -= inten.mean(dim=-1, keepdim=True)
             total += torch.linalg.vecdot(inten, inten).to(torch.float64)
         return total.cpu().numpy()
@@ -289,25 +292,22 @@ def _golden_section(f: Callable[[np.ndarray], np.ndarray], lo: float, hi: float,
     return float(grid[np.argmin(f(grid))])
 
 
-def _band_contrast(waves, sampling, energy: float, band: float, device,
-                   spectrum: torch.Tensor | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """Σ I² of the perfect-lens image of the waves cut to |k_x|, |k_y| ≤ ``band`` [Å⁻¹], on the smallest
-    FFT-friendly grid that holds the band, at each defocus of an array (the mean intensity does not change
-    with defocus, so Σ I² has the variance's minimum). Returns (function, whether the grid is smaller than
-    the wave's: ``False`` means the proxy is the full wave)."""
+def _band_contrast(spectrum: torch.Tensor, sampling, energy: float,
+                   band: float) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Σ I² of the perfect-lens image of the waves whose ``fft2`` is ``spectrum`` (P, n_x, n_y), cut to
+    |k_x|, |k_y| ≤ ``band`` [Å⁻¹] on the smallest FFT-friendly grid that holds the band, at each defocus of an
+    array (the mean intensity does not change with defocus, so Σ I² has the variance's minimum). ``None``
+    when that grid is the waves' own (the band cuts nothing: no cheaper proxy)."""
     from scipy.fft import next_fast_len
 
-    dev = resolve_device(device)
-    w = phonon_stack(waves, dev, "particle_waves")
     s = as_pair(sampling, "sampling")
-    n = tuple(int(v) for v in w.shape[-2:])
+    n = tuple(int(v) for v in spectrum.shape[-2:])
     m = tuple(min(n[a], next_fast_len(int(math.ceil(2.0 * band * n[a] * s[a])))) for a in (0, 1))
-    spec = spectrum if spectrum is not None else fft2(w)
-    if m != n:
-        spec = crop_complex_spectrum(spec, m)
-    sub = (n[0] * s[0] / m[0], n[1] * s[1] / m[1])
+    if m == n:
+        return None
+    spec = crop_complex_spectrum(spectrum, m)
     lam = electron_wavelength(energy)
-    alpha, _ = polar_grid(m, sub, lam, dev)
+    alpha, _ = polar_grid(m, (n[0] * s[0] / m[0], n[1] * s[1] / m[1]), lam, spec.device)
     phase = (math.pi * lam * (alpha / lam) ** 2).to(torch.float32)
     buf: list[torch.Tensor | None] = [None]
 
@@ -316,16 +316,13 @@ def _band_contrast(waves, sampling, energy: float, band: float, device,
         out = []
         for i in range(0, d.size, batch_size):
             part = d[i : i + batch_size]
-            steps = np.diff(part)
-            uniform = part.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
             if buf[0] is None or buf[0].shape[0] < part.size:
                 buf[0] = torch.empty((part.size, *spec.shape), dtype=spec.dtype, device=spec.device)
-            inten = _intensities(spec, phase, part, _propagator(phase, float(steps[0])) if uniform else None,
-                                 buf[0]).reshape(part.size, -1)
+            inten = _intensities(spec, phase, part, _uniform_step(phase, part), buf[0]).reshape(part.size, -1)
             out.append(torch.linalg.vecdot(inten, inten).to(torch.float64))
         return torch.cat(out).cpu().numpy()
 
-    return evaluate, m != n
+    return evaluate
 
 
 def _confirm(f: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, j: int, confirm: int) -> float:
@@ -341,6 +338,13 @@ def _confirm(f: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, j: int, co
             lo, hi = hi - 1, min(grid.size - 1, hi + confirm)
         else:
             return float(grid[k])
+
+
+def first_stage_grid(search_range: tuple[float, float], step: float) -> np.ndarray:
+    """The first stage's defocus values [Å]: ``search_range[0]`` to ``search_range[1]`` (inclusive within half
+    a step) every ``step``."""
+    lo, hi = (float(v) for v in search_range)
+    return np.arange(lo, hi + 0.5 * step, step)
 
 
 def defocus_search_range(atoms, margin: float = 10.0) -> tuple[float, float]:
@@ -397,17 +401,16 @@ def calibrate_zero_defocus(
         raise InputError(f"search: expected 'grid' or 'fast', got {search!r}")
     if not (band > 0) or confirm < 1:
         raise InputError(f"band/confirm: need band > 0 and confirm >= 1, got {band}, {confirm}")
-    grid = np.arange(lo, hi + 0.5 * steps[0], steps[0])
+    grid = first_stage_grid((lo, hi), steps[0])
     proxy = None
     if search == "fast":
         waves = phonon_stack(particle_waves, resolve_device(device), "particle_waves")
         spectrum = fft2(waves)  # shared by the full-field evaluations and the band-limited scan
         f = _Memo(_window_contrast(waves, sampling, energy, atoms, margin, device, spectrum))
-        proxy, smaller = _band_contrast(waves, sampling, energy, band, device, spectrum)
         # the band-limited scan locates the basin; the full wave confirms it (when the band cuts anything)
-        curve = (proxy(grid, batch_size) if smaller else
+        proxy = _band_contrast(spectrum, sampling, energy, band)
+        curve = (proxy(grid, batch_size) if proxy is not None else
                  np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)]))
-        proxy = proxy if smaller else None
     else:
         curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):

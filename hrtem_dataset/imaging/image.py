@@ -320,13 +320,8 @@ def _cropped_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: to
 
 
 def _cropped_intensity_batched(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch.Tensor,
-                       k: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """(1/P) Σ_p |ψ_p|² on the (n'_x, n'_y) ``grid`` of the same field of view, float32 (B, n'_x, n'_y).
-
-    ``H`` (B, 2K_x+1, 2K_y+1): the CTF on the frequency indices |q_x| ≤ K_x, |q_y| ≤ K_y (order 0..K, −K..−1),
-    already divided by n_x·n_y so that the unnormalised inverse transform gives ψ's values at the coarse
-    grid's points. The forward transform stays a full 2-D FFT (faster than pruned 1-D transforms here).
-    Batched over all planes (accelerators); the CPU streams plane by plane (:func:`_cropped_intensity`)."""
+                               k: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """:func:`_cropped_intensity` batched over all planes (accelerators): the same arguments and result."""
     kx, ky = k
     nx, ny = waves.shape[-2:]
     x = fft2(waves) if spectrum is None else spectrum
