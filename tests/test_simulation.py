@@ -288,6 +288,26 @@ def test_simulate_scene_returns_scene_and_particle_waves():
     assert static["scene"].shape == (1, 120, 120)
 
 
+def test_each_wave_of_a_batch_skips_the_slices_empty_for_it():
+    """A particles-only wave batched with its scene crosses the substrate's slices (empty for it) in one step:
+    one FFT pair per non-empty slice of its own, as when it runs alone, and the same wave."""
+    atoms = small_scene(cell=12.0, carbon=4.0, radius=3.0)
+    particles = atoms[atoms.arrays["particle_id"] >= 0]
+    n_slices, dz = te.slicing(atoms.cell[2, 2], 2.0)
+
+    def own_slices(a):
+        return len(np.unique(np.clip(np.floor((a.positions[:, 2] + 1e-12) / dz), 0, n_slices - 1)))
+
+    assert own_slices(particles) < own_slices(atoms)  # the carbon's slices are empty for the particles
+    with te.profile_phases() as phases:
+        out = simulate_scene(atoms, SimulationSpec(phonons=0), seed=5)
+    assert phases["propagation"]["fft2"] == 2 * (own_slices(atoms) + own_slices(particles))
+    with te.profile_phases() as alone_phases:
+        alone = simulate_exit_wave(particles)
+    assert alone_phases["propagation"]["fft2"] == 2 * own_slices(particles)
+    np.testing.assert_allclose(out["particles"], alone, atol=2e-6)
+
+
 def test_bad_inputs_raise_input_error():
     atoms = small_scene(cell=10.0, carbon=2.0, radius=3.0)
     with pytest.raises(InputError, match="engine"):

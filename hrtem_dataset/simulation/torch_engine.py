@@ -21,7 +21,9 @@ Physics and conventions:
   Nyquist frequency 1/(2·max(Δx, Δy)), with abTEM's narrow cosine edge), as abTEM does.
 - Multislice: ψ_{n+1} = F⁻¹[P·A·F(t_n ψ_n)], P = exp(−iπλΔz|k|²), ψ_0 = 1 (plane wave, so vacuum
   gives |ψ| = 1 exactly). Runs of empty slices are crossed in one propagation step
-  with P(mΔz)·Aᵐ, identical to m single steps; leading empty slices leave a plane wave unchanged.
+  with P(mΔz)·Aᵐ, identical to m single steps; leading empty slices leave a plane wave unchanged. In a
+  batch, each wave skips the slices that are empty for it (a particles-only wave batched with its scene
+  crosses the substrate's slices in one step), as when it runs alone.
 - complex64 waves, float32 potentials, float64 atom coordinates.
 - Batching: many waves (frozen-phonon configurations and/or structures) that share the lateral grid
   and slicing run through the same FFT calls as one (B, nx, ny) batch. Memory is bounded by
@@ -409,28 +411,53 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
     parts = plane_groups(n_batch, (nx, ny), device)
     step = parts[0].stop - parts[0].start
     waves = [torch.ones((p.stop - p.start, nx, ny), dtype=torch.complex64, device=device) for p in parts]
+    # propagation each wave owes since its last non-empty slice: a wave crosses the slices that are empty for
+    # it (e.g. the substrate's slices for a particles-only wave batched with its scene) in one step
+    owed = np.zeros(n_batch, dtype=np.int64)
+    started = np.zeros(n_batch, dtype=bool)  # not yet: still the plane wave, which propagation leaves as is
     with _transmission_stream(build, chunks, workers) as stream:
         for (chunk, _, _), (t_parts, targets) in zip(chunks, stream, strict=True):
             t_step = len(t_parts[0])
             for sl in chunk:
                 members = targets[targets // n_batch == sl] % n_batch
                 lo = int(np.searchsorted(targets, sl * n_batch))
-                with _phase("propagation", fft2=2 * n_batch):
+                _propagate(waves, step, members[started[members]], owed, dz, tables)
+                with _phase("propagation"):
                     if len(waves) == 1 and len(t_parts) == 1 and len(members) == n_batch:
                         waves[0].mul_(t_parts[0][lo:lo + n_batch])
                     else:  # in place, wave by wave (advanced indexing would copy both stacks)
                         for j, m in enumerate(members.tolist()):
                             i = lo + j
                             waves[m // step][m % step].mul_(t_parts[i // t_step][i % t_step])
-                    k = int(np.searchsorted(nonempty, sl))
-                    steps = int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
-                    prop = tables.propagator(steps, dz)
-                    for w in range(len(waves)):
-                        b = torch.fft.fft2(waves[w])
-                        b.mul_(prop)
-                        waves[w] = torch.fft.ifft2(b)
+                started[members] = True
+                owed[members] = 0
+                k = int(np.searchsorted(nonempty, sl))
+                owed += int((nonempty[k + 1] if k + 1 < len(nonempty) else n_slices) - sl)
             del t_parts
+    _propagate(waves, step, np.flatnonzero(started), owed, dz, tables)
     return waves[0] if len(waves) == 1 else torch.cat(waves)
+
+
+def _propagate(waves: list[torch.Tensor], step: int, members: np.ndarray, owed: np.ndarray, dz: float,
+               tables: _Tables) -> None:
+    """Propagate the waves ``members`` (indices into the batch; wave m is ``waves[m // step][m % step]``) by the
+    slices each owes (``owed[m]`` × Δz, one Fresnel step P(owed·Δz)·A^owed each) and set what they owe to 0.
+    A group of waves whose members all owe the same goes through one FFT pair."""
+    members = members[owed[members] > 0]
+    for g in np.unique(members // step).tolist():
+        in_g = members[members // step == g]
+        part = waves[g]
+        with _phase("propagation", fft2=2 * len(in_g)):
+            if len(in_g) == part.shape[0] and len(np.unique(owed[in_g])) == 1:
+                b = torch.fft.fft2(part)
+                b.mul_(tables.propagator(int(owed[in_g[0]]), dz))
+                waves[g] = torch.fft.ifft2(b)
+            else:
+                for m in in_g.tolist():
+                    b = torch.fft.fft2(part[m % step])
+                    b.mul_(tables.propagator(int(owed[m]), dz))
+                    part[m % step] = torch.fft.ifft2(b)
+    owed[members] = 0
 
 
 CPU_PIPELINE = True
