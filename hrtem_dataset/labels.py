@@ -141,6 +141,11 @@ def _defect_types(p: dict) -> list[str]:
     return sorted(types)
 
 
+INSTANCE_REACH = 8.0
+"""Å: :func:`instance_map` pads the periodic field by this distance; mask pixels farther than it from every
+particle atom take the exact 3×3-tiled transform instead."""
+
+
 def instance_map(atoms, mask: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
     """int32 instance ids (particle_id + 1) on the mask grid, 0 outside the mask (periodic nearest atom)."""
     mx, my = mask.shape
@@ -156,12 +161,23 @@ def instance_map(atoms, mask: np.ndarray, pixel_size: tuple[float, float]) -> np
     iy = np.mod(np.rint(pos[:, 1] / pixel_size[1]).astype(np.int64), my)
     seeds = np.zeros((mx, my), dtype=np.int32)
     seeds[ix, iy] = (pid[sel] + 1).astype(np.int32)
-    # periodic: tile 3x3, transform, keep the centre tile
+    # periodic: wrap-pad by INSTANCE_REACH (every seed within that distance of the centre is in the padded
+    # array), transform, keep the centre; a mask pixel farther than that from its nearest seed (never on
+    # simulated particles: mask pixels lie within a few Å of their atoms) falls back to the 3×3 tiling
+    pad = (int(math.ceil(INSTANCE_REACH / pixel_size[0])), int(math.ceil(INSTANCE_REACH / pixel_size[1])))
+    if pad[0] < mx and pad[1] < my:
+        padded = np.pad(seeds, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
+        dist, (ii, jj) = ndimage.distance_transform_edt(padded == 0, sampling=pixel_size, return_indices=True)
+        centre = (slice(pad[0], pad[0] + mx), slice(pad[1], pad[1] + my))
+        if float(dist[centre][mask].max()) <= min(pad[0] * pixel_size[0], pad[1] * pixel_size[1]):
+            out[mask] = padded[ii, jj][centre][mask]
+            return out
     tiled = np.tile(seeds, (3, 3))
     _, (ii, jj) = ndimage.distance_transform_edt(tiled == 0, sampling=pixel_size, return_indices=True)
     nearest = tiled[ii, jj][mx : 2 * mx, my : 2 * my]
     out[mask] = nearest[mask]
     return out
+
 
 
 VACUUM_MARGIN = 6.0

@@ -310,3 +310,23 @@ def test_streamed_cropped_intensity_equals_the_batched_form():
         out = _cropped_intensity(w, sp, H, k, grid)
         assert out.shape == ref.shape == (3, *grid) and out.dtype == torch.float32
         assert float((out - ref).abs().max() / ref.abs().max()) < 2e-6
+
+
+def test_finite_check_by_sum_rejects_every_nan_and_inf_and_accepts_huge_finite_values():
+    from hrtem_dataset.errors import InputError
+    from hrtem_dataset.imaging._common import check_finite, phonon_stack
+
+    waves = torch.ones((2, 64, 48), dtype=torch.complex64)
+    check_finite(waves, "w")
+    for bad in (math.nan, math.inf, -math.inf, complex(0, math.nan), complex(1, -math.inf)):
+        w = waves.clone()
+        w[1, 63, 47] = bad
+        with pytest.raises(InputError, match="^particle_waves: contains NaN or Inf$"):
+            phonon_stack(w, None, "particle_waves")
+    # finite values whose sum overflows float32: not NaN/Inf, so accepted (checked element by element)
+    check_finite(torch.full((4, 4), 3e38, dtype=torch.float32), "big")
+    check_finite(torch.full((2, 2), complex(3e38, -3e38), dtype=torch.complex64), "big")
+    # +inf and -inf together sum to NaN: still rejected; integer tensors are always finite
+    with pytest.raises(InputError, match="x: contains NaN or Inf"):
+        check_finite(torch.tensor([math.inf, -math.inf]), "x")
+    check_finite(torch.arange(5), "ints")

@@ -176,3 +176,47 @@ def test_zero_defocus_of_a_wave_without_contrast_is_zero():
     from hrtem_dataset.imaging import calibrate_zero_defocus
 
     assert calibrate_zero_defocus(np.ones((64, 64), np.complex64), 0.1, 300e3) == 0.0
+
+
+def _tiled_instance_map(atoms, mask, pixel_size):
+    """The 3×3-tiled nearest-seed transform that :func:`instance_map` reproduces on a wrap-padded field."""
+    from scipy import ndimage
+
+    mx, my = mask.shape
+    pid = np.asarray(atoms.arrays["particle_id"])
+    pos = atoms.positions[pid >= 0, :2]
+    seeds = np.zeros((mx, my), dtype=np.int32)
+    seeds[np.mod(np.rint(pos[:, 0] / pixel_size[0]).astype(int), mx),
+          np.mod(np.rint(pos[:, 1] / pixel_size[1]).astype(int), my)] = pid[pid >= 0] + 1
+    tiled = np.tile(seeds, (3, 3))
+    _, (ii, jj) = ndimage.distance_transform_edt(tiled == 0, sampling=pixel_size, return_indices=True)
+    return np.where(mask, tiled[ii, jj][mx:2 * mx, my:2 * my], 0)
+
+
+@pytest.mark.parametrize("pixel_size", [(0.2, 0.2), (0.25, 0.4)])
+def test_instance_map_on_a_padded_field_equals_the_tiled_transform(pixel_size):
+    """Particles across the periodic edges, a mask pixel farther than INSTANCE_REACH from every atom (the
+    tiled fallback): the same ids as the 3×3-tiled transform, pixel for pixel."""
+    from hrtem_dataset.labels import INSTANCE_REACH, instance_map
+
+    rng = np.random.default_rng(3)
+    cell = 50.0
+    centres = [(1.0, 25.0), (30.0, 49.0), (30.0, 20.0)]  # two of them across an edge
+    pos = np.vstack([c + rng.normal(0, 3.0, (200, 2)) for c in centres])
+    atoms = Atoms(["Au"] * len(pos), positions=np.c_[pos, np.full(len(pos), 5.0)], cell=[cell, cell, 10.0], pbc=True)
+    atoms.set_array("particle_id", np.repeat(np.arange(3), 200).astype(np.int32))
+    shape = (int(round(cell / pixel_size[0])), int(round(cell / pixel_size[1])))
+    gx, gy = np.meshgrid(np.arange(shape[0]) * pixel_size[0], np.arange(shape[1]) * pixel_size[1], indexing="ij")
+    mask = np.zeros(shape, bool)
+    for cx, cy in centres:  # periodic discs of 7 Å around the centres
+        dx = (gx - cx + cell / 2) % cell - cell / 2
+        dy = (gy - cy + cell / 2) % cell - cell / 2
+        mask |= dx**2 + dy**2 < 7.0**2
+    inst = instance_map(atoms, mask, pixel_size)
+    np.testing.assert_array_equal(inst, _tiled_instance_map(atoms, mask, pixel_size))
+    assert set(np.unique(inst[mask]).tolist()) == {1, 2, 3}
+    far = mask.copy()
+    far[int(12.0 / pixel_size[0]), int(37.0 / pixel_size[1])] = True  # > INSTANCE_REACH from every atom
+    d = (pos - [12.0, 37.0] + cell / 2) % cell - cell / 2
+    assert np.hypot(d[:, 0], d[:, 1]).min() > INSTANCE_REACH + 1.0
+    np.testing.assert_array_equal(instance_map(atoms, far, pixel_size), _tiled_instance_map(atoms, far, pixel_size))
