@@ -330,3 +330,28 @@ def test_finite_check_by_sum_rejects_every_nan_and_inf_and_accepts_huge_finite_v
     with pytest.raises(InputError, match="x: contains NaN or Inf"):
         check_finite(torch.tensor([math.inf, -math.inf]), "x")
     check_finite(torch.arange(5), "ints")
+
+
+def test_band_limited_contrast_curve_holds_no_defocus_frequency_above_its_bound():
+    """Σ I²(z) of a wave cut to |k_x|, |k_y| ≤ band has no frequency in z above 2λ·band² (the bound behind
+    ``scan_stride``; band: what the cropped grid holds): on a random phase object, the windowed spectrum of a
+    finely sampled curve carries < 1e-6 of its power beyond that frequency, and over 1 % within the top third below it (the bound is
+    nearly reached, so it is not loose). At 300 kV and 2 Å⁻¹ the scan takes every second 1 Å value."""
+    lam = wavelength(300e3)
+    band, dz = 2.0, 0.25
+    g = torch.Generator()
+    g.manual_seed(4)
+    wave = torch.polar(torch.ones(96, 96), 0.5 * torch.randn((96, 96), generator=g))
+    proxy = calibration._band_contrast(torch.fft.fft2(wave)[None], 0.1, 300e3, band)
+    assert proxy.band == pytest.approx(20 / 9.6)  # the 40² crop holds |k| up to 20 indices of a 9.6 Å field
+    z = np.arange(-400.0, 400.0, dz)
+    curve = proxy(z) - proxy(z).mean()
+    power = np.abs(np.fft.rfft(curve * np.hanning(z.size))) ** 2
+    freq = np.fft.rfftfreq(z.size, dz)
+    f_max = 2.0 * lam * proxy.band**2
+    beyond = freq > 1.02 * f_max  # the Hann window's main lobe spreads ±2 bins (0.003 cycles/Å)
+    assert power[beyond].sum() < 1e-6 * power.sum()
+    assert power[(freq > 0.66 * f_max) & ~beyond].sum() > 1e-2 * power.sum()
+    assert calibration.scan_stride(300e3, band, 1.0) == 2
+    assert calibration.scan_stride(300e3, band, 2.0) == 1
+    assert calibration.scan_stride(300e3, 1.0, 1.0) == 8

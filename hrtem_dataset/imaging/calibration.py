@@ -26,13 +26,15 @@ by a peak 8 Å wide, which a 10 Å first step misses — hence 1 Å.
   to |k| ≤ 2 Å⁻¹ moved it by up to 2.8 Å on the au-baseline-cpu structures, to 1 Å⁻¹ by up to 13 Å).
 - **band-limited coarse scan, exact confirmation**: the first stage scans the whole range on the wave cut
   to |k_x|, |k_y| ≤ ``band`` (2 Å⁻¹ by default) on the smallest FFT grid holding that band (256² instead of
-  640² for a 64 Å cell at 0.1 Å: 6× fewer pixels per defocus). That curve only *locates* the basin — band
-  limiting moved the first-stage minimum by up to 4 Å on 16 au-baseline-cpu structures (up to 1 Å at
-  2.5 Å⁻¹) — so the full-band wave is then evaluated at the first stage's grid values around the proxy's
-  minimum (±``confirm`` = 3 steps, the window moved on while its best value sits on an inner edge), which
-  gives the grid search's first-stage minimum whenever the proxy's basin is the full wave's. On those 48
-  structures the fast search returns exactly the grid search's values with ≈ 12 full-wave evaluations
-  instead of ≈ 70 (``benchmarks/calibration.py --shards 6``).
+  640² for a 64 Å cell at 0.1 Å: 6× fewer pixels per defocus). That curve is band-limited in the defocus
+  too (:func:`scan_stride`), so the scan takes every second 1 Å value at 300 kV. It only *locates* the
+  basin — band limiting moved the first-stage minimum by up to 4 Å on 16 au-baseline-cpu structures (up to
+  1 Å at 2.5 Å⁻¹) — so the full-band wave is then evaluated at the first stage's grid values around the
+  proxy's minimum (±``confirm`` = 2 steps, the window moved on while its best value sits on an inner edge),
+  which gives the grid search's first-stage minimum whenever the proxy's basin is the full wave's. On the 48
+  au-baseline-cpu structures and 15 au-generalist ones (both of its step settings) the fast search returns
+  exactly the grid search's values, with ≈ 10 full-wave evaluations instead of ≈ 70
+  (``benchmarks/calibration.py --shards 6``).
 - **golden-section refinement**: each stage after the first brackets the previous stage's best value by
   ±its step and narrows the bracket over the stage's grid values by the golden ratio (≈ 6 evaluations
   instead of 21 for 1 Å → 0.1 Å, every value evaluated once), then takes the best grid value inside the
@@ -322,6 +324,8 @@ def _band_contrast(spectrum: torch.Tensor, sampling, energy: float,
             out.append(torch.linalg.vecdot(inten, inten).to(torch.float64))
         return torch.cat(out).cpu().numpy()
 
+    # the band the crop holds (|k| up to ⌊m/2⌋ indices per axis, ≥ ``band``): bounds the curve's frequencies
+    evaluate.band = max((m[a] // 2) / (n[a] * s[a]) for a in (0, 1))  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -338,6 +342,16 @@ def _confirm(f: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, j: int, co
             lo, hi = hi - 1, min(grid.size - 1, hi + confirm)
         else:
             return float(grid[k])
+
+
+def scan_stride(energy: float, band: float, step: float) -> int:
+    """Every how many first-stage values the band-limited scan evaluates. Its curve Σ I² is a sum of terms
+    exp(−iπλz(k₁² − k₂² + k₃² − k₄²)) with |k|² ≤ 2·band² (``band``: the largest |k_x|, |k_y| the cropped grid
+    holds), so it holds no frequency in the defocus above 2λ·band² cycles/Å: samples every 1/(4λ·band²) Å
+    (3.2 Å at 300 kV and 2 Å⁻¹) determine it. The scan samples it 1.5× finer than that, at a multiple of
+    ``step``."""
+    nyquist = 1.0 / (4.0 * electron_wavelength(energy) * band**2)
+    return max(1, int(nyquist / (1.5 * step)))
 
 
 def first_stage_grid(search_range: tuple[float, float], step: float) -> np.ndarray:
@@ -372,7 +386,7 @@ def calibrate_zero_defocus(
     search: Literal["grid", "fast"] = "grid",
     margin: float = 10.0,
     band: float = 2.0,
-    confirm: int = 3,
+    confirm: int = 2,
 ) -> float:
     """Minimum-contrast defocus [Å] of the particles-in-vacuum exit wave (see module docstring).
 
@@ -402,20 +416,21 @@ def calibrate_zero_defocus(
     if not (band > 0) or confirm < 1:
         raise InputError(f"band/confirm: need band > 0 and confirm >= 1, got {band}, {confirm}")
     grid = first_stage_grid((lo, hi), steps[0])
-    proxy = None
+    proxy, stride = None, 1
     if search == "fast":
         waves = phonon_stack(particle_waves, resolve_device(device), "particle_waves")
         spectrum = fft2(waves)  # shared by the full-field evaluations and the band-limited scan
         f = _Memo(_window_contrast(waves, sampling, energy, atoms, margin, device, spectrum))
         # the band-limited scan locates the basin; the full wave confirms it (when the band cuts anything)
         proxy = _band_contrast(spectrum, sampling, energy, band)
-        curve = (proxy(grid, batch_size) if proxy is not None else
+        stride = scan_stride(energy, proxy.band, steps[0]) if proxy is not None else 1  # type: ignore[attr-defined]
+        curve = (proxy(grid[::stride], batch_size) if proxy is not None else
                  np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)]))
     else:
         curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
         return 0.0  # no contrast anywhere (e.g. a scene without particles): nothing to calibrate
-    j = int(np.argmin(curve))
+    j = int(np.argmin(curve)) * stride
     best = _confirm(f, grid, j, confirm) if proxy is not None else float(grid[j])
     for prev, step in zip(steps[:-1], steps[1:], strict=True):
         if search == "fast":
