@@ -32,9 +32,9 @@ by a peak 8 Å wide, which a 10 Å first step misses — hence 1 Å.
   1 Å at 2.5 Å⁻¹) — so the full-band wave is then evaluated at the first stage's grid values around the
   proxy's minimum (±``confirm`` = 2 steps, the window moved on while its best value sits on an inner edge),
   which gives the grid search's first-stage minimum whenever the proxy's basin is the full wave's. On the 48
-  au-baseline-cpu structures and 15 au-generalist ones (both of its step settings) the fast search returns
-  exactly the grid search's values, with ≈ 10 full-wave evaluations instead of ≈ 70
-  (``benchmarks/calibration.py --shards 6``).
+  au-baseline-cpu structures (``benchmarks/calibration.py --shards 6``) and 15 au-generalist ones (1280²; its
+  2/0.5 Å steps and the paper's 1/0.1 Å) the fast search returns exactly the grid search's values, with
+  ≈ 10 full-wave evaluations instead of ≈ 70 on the former.
 - **golden-section refinement**: each stage after the first brackets the previous stage's best value by
   ±its step and narrows the bracket over the stage's grid values by the golden ratio (≈ 6 evaluations
   instead of 21 for 1 Å → 0.1 Å, every value evaluated once), then takes the best grid value inside the
