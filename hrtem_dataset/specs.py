@@ -398,8 +398,8 @@ class ImagingDistributionSpec(Strict):
     calibration_search: Literal["grid", "fast"] = Field(
         "grid", exclude_if=lambda v: v == "grid",  # the default leaves spec hashes (and fingerprints) as they were
         description="zero-defocus search: 'grid' (the paper's: every step value on the full field) or 'fast' "
-        "(a band-limited scan confirmed on the full wave, particle windows, golden-section refinement over the "
-        "grid values: the grid search's values with ≈ 6× fewer full-wave evaluations)")
+        "(a band-limited scan confirmed on the full wave, particle windows, a downhill walk over the fine grid "
+        "values from a parabola's vertex: the grid search's values with ≈ 8× fewer full-wave evaluations)")
     cropped_ifft: bool = Field(
         False, exclude_if=lambda v: v is False,  # the default leaves spec hashes (and fingerprints) as they were
         description="with an objective aperture (semiangle_cutoff), image on the smallest FFT grid that holds "

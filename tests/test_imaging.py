@@ -317,7 +317,7 @@ def _two_particles_in_vacuum():
 
 
 def test_fast_zero_defocus_search_matches_the_grid_search():
-    """`search="fast"` (particle windows + golden-section refinement) finds the grid search's minimum on a
+    """`search="fast"` (particle windows + vertex-walk refinement) finds the grid search's minimum on a
     simulated two-particle wave, one particle wrapped across the cell edge, for the paper's steps and
     coarser ones; the windows are disjoint, hold every particle atom, and cost fewer pixels than the field."""
     from hrtem_dataset.imaging.calibration import _window_contrast, particle_windows

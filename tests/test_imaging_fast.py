@@ -209,27 +209,33 @@ def test_cropped_ifft_spec_option_is_opt_in_and_keeps_default_hashes():
 # ------------------------------------------------------------------------ fast zero-defocus search pieces
 
 
-def test_golden_section_over_grid_values_finds_the_grid_minimum_evaluating_each_value_once():
-    """The fine stage's golden section over grid values returns the brute-force minimum of unimodal curves
-    (including minima on the bracket's edges) and, through the memo, evaluates no value twice."""
+def test_vertex_walk_over_grid_values_finds_the_grid_minimum_evaluating_each_value_once():
+    """The fine stage (parabola vertex, then downhill over grid values) returns the brute-force minimum of
+    unimodal curves, symmetric or not (minima on the bracket's edges included) and, through the memo,
+    evaluates no value twice; with the bracket's ends and middle known, few new values."""
     rng = np.random.default_rng(5)
-    for _ in range(200):
-        lo, step, n = -1.0 + rng.uniform(-30, 30), 0.1, int(rng.integers(2, 40))
+    extra = []
+    for _ in range(300):
+        lo, step, n = -1.0 + rng.uniform(-30, 30), 0.1, 2 * int(rng.integers(1, 20))
         grid = lo + step * np.arange(n + 1)
         centre = rng.choice([grid[0], grid[-1], rng.uniform(grid[0], grid[-1])])
-        width = rng.uniform(0.05, 3.0)
+        left, right = rng.uniform(0.05, 3.0, 2)  # different slopes on the two sides: not a parabola
+        power = rng.uniform(1.0, 3.0)
         calls: list[float] = []
 
-        def f(d, centre=centre, width=width, calls=calls):
+        def f(d, centre=centre, left=left, right=right, power=power, calls=calls):
             calls.extend(np.round(d, 6).tolist())
-            return np.abs(d - centre) ** 1.5 / width
+            return np.abs(d - centre) ** power / np.where(d < centre, left, right)
 
         memo = calibration._Memo(f)
-        best = calibration._golden_section(memo, lo, lo + step * n, step)
+        memo(grid[[0, n // 2, n]])  # what the previous stage leaves in the memo
+        known = memo.evaluations
+        best = calibration._vertex_walk(memo, lo, lo + step * n, step)
         assert len(calls) == len(set(calls)) == memo.evaluations
         assert best == pytest.approx(grid[np.argmin(f(grid))], abs=1e-9)
-        if n >= 20:
-            assert memo.evaluations <= 9  # vs n + 1 for the grid
+        if n == 20:
+            extra.append(memo.evaluations - known)
+    assert np.mean(extra) <= 4  # vs 18 more for the grid
 
 
 def test_confirm_walks_from_the_proxy_minimum_to_the_full_curves_minimum():

@@ -251,7 +251,7 @@ def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
 
 def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_path):
     """The images stage with ``calibration_search: fast`` (band-limited scan confirmed on the full wave,
-    golden section) writes the same images, masks, instance maps and zero-defocus values as with the
+    fine-grid walk) writes the same images, masks, instance maps and zero-defocus values as with the
     paper's grid search (the same calibrated value, hence the same bytes)."""
     shards = {}
     for search in ("grid", "fast"):
