@@ -179,7 +179,6 @@ def instance_map(atoms, mask: np.ndarray, pixel_size: tuple[float, float]) -> np
     return out
 
 
-
 VACUUM_MARGIN = 6.0
 """Å: pixels farther than this from every particle atom count as vacuum in the particle-only waves."""
 
