@@ -12,6 +12,8 @@ Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagste
 Timing: each stage's own ``seconds`` (the stage function, without interpreter start-up and imports).
 ``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
 3600; for ``kind: exit_waves`` configurations the rows are labelled structures (no images are rendered).
+``zero_defocus_calibration_share_of_imaging`` (calibration seconds / images stage seconds) and
+``exit_waves_share_of_labelled_stages``: the shares the speed targets are stated in.
 
 Memory: the plan runs here; each of the three stages runs in a fresh Python subprocess of this script
 (``--stage``) that reads the previous stage's files from the temporary workspace, and reports ``VmHWM``
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         "exit_waves_per_s": round(w["waves_per_s"], 3), "simulation_atoms_per_s": round(w["atoms_per_s"], 1),
         "exit_waves_s": round(w["seconds"], 3), "images_per_s": round(i["images_per_s"], 3),
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
+        "zero_defocus_calibration_share_of_imaging": round(i["calibration_s"] / i["seconds"], 3) if i["seconds"] else None,
+        "exit_waves_share_of_labelled_stages": round(w["seconds"] / labelled_s, 3) if labelled_s else None,
         "shard_total_s": round(plan["seconds"] + labelled_s, 3),
         "labelled_rows": i["rows"],
         "labelled_rows_are": "images" if spec.kind == "images" else "structures (kind: exit_waves, no images)",

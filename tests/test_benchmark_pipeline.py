@@ -41,6 +41,12 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
     assert math.isclose(out["labelled_images_per_hour"], out["labelled_rows"] / out["labelled_stages_s"] * 3600,
                         rel_tol=1e-3 + 5e-4 / out["labelled_stages_s"], abs_tol=0.1)
     assert set(out["peak_rss_mib"]) == set(bench.STAGES)
+    # the shares the targets are stated in (calibration within the images stage, exit waves in the shard)
+    assert 0 < out["zero_defocus_calibration_share_of_imaging"] < 1
+    assert math.isclose(out["zero_defocus_calibration_share_of_imaging"],
+                        out["zero_defocus_calibration_s"] / out["imaging_s"], abs_tol=5e-3)
+    assert math.isclose(out["exit_waves_share_of_labelled_stages"], out["exit_waves_s"] / out["labelled_stages_s"],
+                        abs_tol=5e-3)
     assert all(out["peak_rss_mib"][k] >= out["import_rss_mib"][k] > 0 for k in bench.STAGES)
     assert out["all_stages_under_4gb"] is True
     for key in ("config", "device", "engine", "structures_atoms_per_s", "exit_waves_per_s", "simulation_atoms_per_s",
