@@ -161,22 +161,25 @@ def instance_map(atoms, mask: np.ndarray, pixel_size: tuple[float, float]) -> np
     iy = np.mod(np.rint(pos[:, 1] / pixel_size[1]).astype(np.int64), my)
     seeds = np.zeros((mx, my), dtype=np.int32)
     seeds[ix, iy] = (pid[sel] + 1).astype(np.int32)
-    # periodic: wrap-pad by INSTANCE_REACH (every seed within that distance of the centre is in the padded
-    # array), transform, keep the centre; a mask pixel farther than that from its nearest seed (never on
-    # simulated particles: mask pixels lie within a few Å of their atoms) falls back to the 3×3 tiling
-    pad = (int(math.ceil(INSTANCE_REACH / pixel_size[0])), int(math.ceil(INSTANCE_REACH / pixel_size[1])))
-    if pad[0] < mx and pad[1] < my:
-        padded = np.pad(seeds, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
-        dist, (ii, jj) = ndimage.distance_transform_edt(padded == 0, sampling=pixel_size, return_indices=True)
-        centre = (slice(pad[0], pad[0] + mx), slice(pad[1], pad[1] + my))
-        if float(dist[centre][mask].max()) <= min(pad[0] * pixel_size[0], pad[1] * pixel_size[1]):
-            out[mask] = padded[ii, jj][centre][mask]
-            return out
-    tiled = np.tile(seeds, (3, 3))
-    _, (ii, jj) = ndimage.distance_transform_edt(tiled == 0, sampling=pixel_size, return_indices=True)
-    nearest = tiled[ii, jj][mx : 2 * mx, my : 2 * my]
+    # periodic: the field wrap-padded by INSTANCE_REACH holds every seed within that distance of the centre; a
+    # mask pixel farther than that from its nearest seed (never on simulated particles: mask pixels lie within
+    # a few Å of their atoms) takes the field padded by its whole size, i.e. the 3×3 tiling
+    pad = tuple(min(int(math.ceil(INSTANCE_REACH / px)), n) for px, n in zip(pixel_size, (mx, my), strict=True))
+    nearest, dist = _nearest_seed(seeds, pad, pixel_size)
+    if float(dist[mask].max()) > min(pad[0] * pixel_size[0], pad[1] * pixel_size[1]):
+        nearest, _ = _nearest_seed(seeds, (mx, my), pixel_size)
     out[mask] = nearest[mask]
     return out
+
+
+def _nearest_seed(seeds: np.ndarray, pad: tuple[int, int], pixel_size) -> tuple[np.ndarray, np.ndarray]:
+    """The value of the nearest non-zero pixel of ``seeds`` and its distance [Å], for every pixel, on the field
+    wrap-padded by ``pad`` pixels per side (exact for pixels whose nearest seed is within the pad)."""
+    mx, my = seeds.shape
+    padded = np.pad(seeds, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
+    dist, (ii, jj) = ndimage.distance_transform_edt(padded == 0, sampling=pixel_size, return_indices=True)
+    centre = (slice(pad[0], pad[0] + mx), slice(pad[1], pad[1] + my))
+    return padded[ii, jj][centre], dist[centre]
 
 
 VACUUM_MARGIN = 6.0
