@@ -1,10 +1,11 @@
 """Zero-defocus calibration: the paper's grid search vs ``search="fast"`` (band-limited coarse scan confirmed
 on the full wave, particle windows, a downhill walk over the fine grid values from a parabola's vertex) on the
 particles-in-vacuum exit waves of the first ``--shards`` shards of a configuration (default
-configs/au-baseline-cpu.yaml, one shard: 8 structures, 640² at 0.1 Å). Both searches run in the same process on the same waves, alternately, ``--repeats`` times;
-prints one JSON object with min and median seconds per structure, the ratio, how many structures get the
-same value from both and the largest difference, and the mean number of full-wave evaluations of the fast
-search (the grid search does every value of every stage: ``grid_evaluations_mean``).
+configs/au-baseline-cpu.yaml, one shard: 8 structures, 640² at 0.1 Å). Both searches run in the same
+process on the same waves, alternately, ``--repeats`` times; prints one JSON object with min and median
+seconds per structure, the ratio, how many structures get the same value from both and the largest
+difference, and the mean number of full-wave evaluations of the fast search (the grid search does every
+value of every stage: ``grid_evaluations_mean``).
 
 Usage: python benchmarks/calibration.py [CONFIG.yaml] [--repeats 3] [--shards 1]
 """

@@ -266,8 +266,9 @@ def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
     atoms.set_array("particle_id", np.zeros(len(atoms), dtype=int))
     wave = simulate_exit_wave(atoms, sampling=0.1, slice_thickness=2.0)
     assert calibration.particle_windows(atoms, wave.shape, 0.1, margin=30.0) is None  # full-field evaluations
-    proxy = calibration._band_contrast(torch.fft.fft2(torch.as_tensor(wave)[None]), 0.1, 300e3, 2.0)
-    assert proxy is not None  # a smaller grid than the wave's
+    result = calibration._band_contrast(torch.fft.fft2(torch.as_tensor(wave)[None]), 0.1, 300e3, 2.0)
+    assert result is not None  # a smaller grid than the wave's
+    proxy, _ = result
     grid = np.arange(*calibration.defocus_search_range(atoms), 1.0)
     full = calibration.contrast_curve(wave, 0.1, 300e3, grid)
     assert abs(grid[np.argmin(proxy(grid))] - grid[np.argmin(full)]) <= 4.0
@@ -348,13 +349,13 @@ def test_band_limited_contrast_curve_holds_no_defocus_frequency_above_its_bound(
     g = torch.Generator()
     g.manual_seed(4)
     wave = torch.polar(torch.ones(96, 96), 0.5 * torch.randn((96, 96), generator=g))
-    proxy = calibration._band_contrast(torch.fft.fft2(wave)[None], 0.1, 300e3, band)
-    assert proxy.band == pytest.approx(20 / 9.6)  # the 40² crop holds |k| up to 20 indices of a 9.6 Å field
+    proxy, held = calibration._band_contrast(torch.fft.fft2(wave)[None], 0.1, 300e3, band)
+    assert held == pytest.approx(20 / 9.6)  # the 40² crop holds |k| up to 20 indices of a 9.6 Å field
     z = np.arange(-400.0, 400.0, dz)
     curve = proxy(z) - proxy(z).mean()
     power = np.abs(np.fft.rfft(curve * np.hanning(z.size))) ** 2
     freq = np.fft.rfftfreq(z.size, dz)
-    f_max = 2.0 * lam * proxy.band**2
+    f_max = 2.0 * lam * held**2
     beyond = freq > 1.02 * f_max  # the Hann window's main lobe spreads ±2 bins (0.003 cycles/Å)
     assert power[beyond].sum() < 1e-6 * power.sum()
     assert power[(freq > 0.66 * f_max) & ~beyond].sum() > 1e-2 * power.sum()

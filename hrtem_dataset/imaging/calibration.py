@@ -285,11 +285,13 @@ def _vertex_walk(f: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, st
 
 
 def _band_contrast(spectrum: torch.Tensor, sampling, energy: float,
-                   band: float) -> Callable[[np.ndarray], np.ndarray] | None:
+                   band: float) -> tuple[Callable[[np.ndarray], np.ndarray], float] | None:
     """Σ I² of the perfect-lens image of the waves whose ``fft2`` is ``spectrum`` (P, n_x, n_y), cut to
     |k_x|, |k_y| ≤ ``band`` [Å⁻¹] on the smallest FFT-friendly grid that holds the band, at each defocus of an
-    array (the mean intensity does not change with defocus, so Σ I² has the variance's minimum). ``None``
-    when that grid is the waves' own (the band cuts nothing: no cheaper proxy)."""
+    array (the mean intensity does not change with defocus, so Σ I² has the variance's minimum), and the band
+    that grid holds (|k| up to ⌊m/2⌋ indices per axis, ≥ ``band``; it bounds the curve's frequencies, see
+    :func:`scan_stride`). ``None`` when that grid is the waves' own (the band cuts nothing: no cheaper
+    proxy)."""
     from scipy.fft import next_fast_len
 
     s = as_pair(sampling, "sampling")
@@ -314,9 +316,7 @@ def _band_contrast(spectrum: torch.Tensor, sampling, energy: float,
             out.append(torch.linalg.vecdot(inten, inten).to(torch.float64))
         return torch.cat(out).cpu().numpy()
 
-    # the band the crop holds (|k| up to ⌊m/2⌋ indices per axis, ≥ ``band``): bounds the curve's frequencies
-    evaluate.band = max((m[a] // 2) / (n[a] * s[a]) for a in (0, 1))  # type: ignore[attr-defined]
-    return evaluate
+    return evaluate, max((m[a] // 2) / (n[a] * s[a]) for a in (0, 1))
 
 
 def _confirm(f: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, j: int, confirm: int) -> float:
@@ -413,9 +413,12 @@ def calibrate_zero_defocus(
         f = _Memo(_window_contrast(waves, sampling, energy, atoms, margin, device, spectrum))
         # the band-limited scan locates the basin; the full wave confirms it (when the band cuts anything)
         proxy = _band_contrast(spectrum, sampling, energy, band)
-        stride = scan_stride(energy, proxy.band, steps[0]) if proxy is not None else 1  # type: ignore[attr-defined]
-        curve = (proxy(grid[::stride], batch_size) if proxy is not None else
-                 np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)]))
+        if proxy is not None:
+            scan, held = proxy
+            stride = scan_stride(energy, held, steps[0])
+            curve = scan(grid[::stride], batch_size)
+        else:
+            curve = np.concatenate([f(grid[i : i + batch_size]) for i in range(0, grid.size, batch_size)])
     else:
         curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
