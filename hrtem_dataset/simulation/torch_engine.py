@@ -238,7 +238,15 @@ class _Tables:
                          * _es_fourier(width, self.fine[1])[: self.ncols][None])
         self._deconv = 1.0 / (grid.sampling[0] * grid.sampling[1] * kernel_ft)
         self._form: dict[str, torch.Tensor] = {}
-        self.aperture = torch.as_tensor(antialias_aperture(grid), dtype=torch.complex64, device=device)
+        aperture = antialias_aperture(grid)
+        self.aperture = torch.as_tensor(aperture, dtype=torch.complex64, device=device)
+        # the aperture's support (|k| < k_c, about a third of the grid) with its values and |k|² there: the
+        # propagators vanish outside it, so they are evaluated on it only (the same values as
+        # fresnel_propagator there, ≈ 3× less work per new Δz than on the whole grid; structures differ in Δz)
+        self._support = np.flatnonzero(aperture > 0)
+        self._support_aperture = aperture.ravel()[self._support]
+        kx, ky = _spatial_frequencies(grid)
+        self._support_k2 = (kx[:, None] ** 2 + ky[None] ** 2).ravel()[self._support]
         self._props: dict[tuple[int, float], torch.Tensor] = {}
 
     def form_factors(self, symbols: Sequence[str]) -> torch.Tensor:
@@ -256,8 +264,12 @@ class _Tables:
         if key not in self._props:
             while len(self._props) >= 32:  # bounded: a dataset sees many different Δz
                 self._props.pop(next(iter(self._props)))
-            p = fresnel_propagator(self.grid, self.energy, steps * dz) * antialias_aperture(self.grid) ** (steps - 1)
-            self._props[key] = torch.as_tensor(p, dtype=torch.complex64, device=self.device)
+            a = self._support_aperture
+            # fresnel_propagator(grid, energy, steps·Δz) · A^(steps−1), on the aperture's support (0 elsewhere)
+            values = np.exp(-1j * np.pi * wavelength(self.energy) * (steps * dz) * self._support_k2) * a * a ** (steps - 1)
+            p = np.zeros(self.grid.gpts[0] * self.grid.gpts[1], dtype=np.complex64)
+            p[self._support] = values
+            self._props[key] = torch.as_tensor(p.reshape(self.grid.gpts), device=self.device)
         return self._props[key]
 
 
