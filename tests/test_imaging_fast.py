@@ -163,6 +163,21 @@ def test_full_grid_intensity_is_bit_identical_to_the_previous_formula():
     assert torch.equal(_full_intensity(waves, torch.fft.fft2(waves), H), previous)
 
 
+def test_intensity_in_place_is_bit_identical_to_the_reference_formula():
+    """_common.intensity_ (square the buffer in place, add the halves) gives view_as_real(ψ).square().sum(-1)'s
+    bytes, also for odd grids and extreme magnitudes."""
+    from hrtem_dataset.imaging._common import intensity_
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((2, 3, 17, 9), (64, 64), (1, 1, 5)):
+        psi = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+        psi.view(-1)[:3] = torch.tensor([1e-30 + 0j, 3e18 - 2e18j, 0j])
+        reference = torch.view_as_real(psi).square().sum(-1)
+        got = intensity_(psi.clone())
+        assert got.shape == psi.shape and got.dtype == torch.float32
+        assert torch.equal(got, reference)
+
+
 @pytest.mark.parametrize("phonons", [1, 2])
 def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonons):
     """The calibration's buffer-reusing propagate-and-image helper gives the same bytes as stacking the

@@ -58,7 +58,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
 from ..spectra import crop_complex_spectrum, fft2
-from ._common import as_pair, phonon_stack
+from ._common import as_pair, intensity_, phonon_stack
 from .aberrations import polar_grid
 
 
@@ -119,7 +119,7 @@ def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: n
 
     The same float32 operations as stacking the propagated spectra and taking view_as_real(ψ).square().sum(-1)
     (bit-identical, checked in tests/test_imaging_fast.py), written into one buffer instead of B fresh arrays
-    plus a stack copy, and |ψ|² as re² + im² (no reduction over a length-2 axis)."""
+    plus a stack copy, and |ψ|² with :func:`._common.intensity_` (in the buffer, no reduction over a length-2 axis)."""
     n = len(defoci)
     if buf is None or buf.shape[0] < n or buf.shape[1:] != spec.shape:
         buf = torch.empty((n, *spec.shape), dtype=spec.dtype, device=spec.device)
@@ -131,9 +131,7 @@ def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: n
     else:
         for i, z in enumerate(defoci):
             torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=out[i])
-    psi = fft2(out, inverse=True, out=out)
-    inten = psi.real.square()
-    inten += psi.imag.square()
+    inten = intensity_(fft2(out, inverse=True, out=out))
     return inten[:, 0] if inten.shape[1] == 1 else inten.mean(dim=1)
 
 

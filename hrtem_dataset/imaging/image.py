@@ -36,7 +36,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
 from ..spectra import crop_spectrum, fft2
-from ._common import as_pair, complex_tensor, phonon_stack
+from ._common import as_pair, complex_tensor, intensity_, phonon_stack
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
 from .detector import mtf_rfft, poisson_counts, validate_mtf
@@ -223,9 +223,8 @@ def _full_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch
     else:
         spec = spectrum * H[:, None]
     psi = fft2(spec, inverse=True, out=spec)
-    # |ψ|² as re² + im²: the same float32 operations as view_as_real(ψ).square().sum(-1), without the
-    # slow reduction over a length-2 axis (bit-identical; tests/test_imaging_fast.py checks it)
-    return (psi.real.square() + psi.imag.square()).mean(dim=1)
+    # bit-identical to view_as_real(ψ).square().sum(-1) (tests/test_imaging_fast.py checks it)
+    return intensity_(psi).mean(dim=1)
 
 
 def _fast_len(n: int) -> int:
@@ -335,7 +334,7 @@ def _cropped_intensity_batched(waves: torch.Tensor, spectrum: torch.Tensor | Non
     z[..., gx - kx :, gy - ky :] = x[..., kx + 1 :, ky + 1 :]
     del x
     z = fft2(z, inverse=True, norm="forward", out=z)
-    return (z.real.square() + z.imag.square()).mean(dim=1)
+    return intensity_(z).mean(dim=1)
 
 
 def image_intensity(
