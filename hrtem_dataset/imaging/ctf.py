@@ -150,7 +150,13 @@ def transfer_function(
     scale = 2 * math.pi / lam
     phase = torch.remainder(_contract(w, F) * scale, 2 * math.pi).to(torch.float32)
 
-    envelope = torch.ones((batch, *alpha.shape), dtype=torch.float32, device=dev)
+    # the product of the envelopes, float32 (B, nx, ny); None while it is 1 (each factor enters as before, the
+    # leading 1·x dropped: exact, the same bytes)
+    envelope: torch.Tensor | None = None
+
+    def times(factor: torch.Tensor) -> torch.Tensor:
+        return factor if envelope is None else envelope.mul_(factor)
+
     cut = _batch(semiangle_cutoff, batch, dev, math.inf)
     cut = torch.where(torch.isnan(cut), torch.full_like(cut, math.inf), cut)
     if bool(torch.isfinite(cut).any()):
@@ -160,15 +166,19 @@ def transfer_function(
             ap[:, 0, 0] = 1.0
         else:
             ap = (alpha32 <= c).to(torch.float32)
-        envelope = envelope * torch.where(torch.isinf(c), torch.ones_like(ap), ap)
+        envelope = times(torch.where(torch.isinf(c), torch.ones_like(ap), ap))
     fs = _batch(focal_spread, batch, dev, 0.0)
     if bool((fs != 0).any()):
         a = ((0.5 * math.pi / lam * fs) ** 2).to(torch.float32)[:, None, None]
-        envelope = envelope * torch.exp(-a * alpha4)
+        envelope = times(torch.exp(-a * alpha4))
     th = _batch(angular_spread, batch, dev, 0.0)
     if bool((th != 0).any()) and terms:
         t = th * 1e-3
         a = (torch.sign(t) * (t / 2) ** 2 * scale**2)[:, None, None]
-        grad2 = _contract(w, G).square() + _contract(w_phi, G).square()
-        envelope = envelope * torch.exp(-a * grad2).to(torch.float32)
+        grad2 = _contract(w, G).square()
+        if bool(w_phi.any()):  # non-round aberrations (m > 0); else the term is +0 and adding it is exact
+            grad2 += _contract(w_phi, G).square()
+        envelope = times(torch.exp(-a * grad2).to(torch.float32))
+    if envelope is None:
+        envelope = torch.ones((batch, *alpha.shape), dtype=torch.float32, device=dev)
     return torch.polar(envelope, -phase)
