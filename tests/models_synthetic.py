@@ -126,3 +126,21 @@ def write_exit_wave_dataset(root: Path, config: str = "waves", sizes=None, n: in
     (root / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n"
                                     + "".join(parts) + "---\n# synthetic exit waves\n")
     return root
+
+
+def write_user_folder(root: Path, n: int = 5, seed: int = 3, pixel_size: float = 0.5) -> Path:
+    """Labelled 'real' micrographs: 16-bit TIFFs with ImageJ calibration (nm) + same-name mask PNGs,
+    32 Å × 32 Å fields of view."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        size = int(round(32 / pixel_size))
+        img, m = synthetic_image(rng, (size, size), pixel_size)
+        tifffile.imwrite(root / "images" / f"mic{i}.tif", img.astype(np.uint16), imagej=True,
+                         resolution=(1 / (pixel_size / 10), 1 / (pixel_size / 10)), metadata={"unit": "nm"})
+        Image.fromarray(m * 255).save(root / "masks" / f"mic{i}.png")
+    return root

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from dagster_helpers import isolated_hf_datasets_cache  # noqa: F401 (autouse fixture: a private datasets cache)
-from models_synthetic import synthetic_image, write_dataset
+from models_synthetic import synthetic_image, write_dataset, write_user_folder
 from scipy import ndimage
 
 from hrtem_dataset.cli import main
@@ -130,21 +130,7 @@ def test_save_load_identical_outputs_and_model_card(trained, tmp_path):
 
 
 def _user_folder(root: Path, n: int = 5, seed: int = 3, pixel_size: float = PIXEL) -> Path:
-    """Labelled 'real' micrographs: 16-bit TIFFs with ImageJ calibration (nm) + same-name mask PNGs,
-    32 Å × 32 Å fields of view."""
-    import tifffile
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        size = int(round(32 / pixel_size))
-        img, m = synthetic_image(rng, (size, size), pixel_size)
-        tifffile.imwrite(root / "images" / f"mic{i}.tif", img.astype(np.uint16), imagej=True,
-                         resolution=(1 / (pixel_size / 10), 1 / (pixel_size / 10)), metadata={"unit": "nm"})
-        Image.fromarray(m * 255).save(root / "masks" / f"mic{i}.png")
-    return root
+    return write_user_folder(root, n, seed, pixel_size)
 
 
 @pytest.mark.parametrize("freeze", ["encoder", "decoder"])
