@@ -42,11 +42,11 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
                         rel_tol=1e-3 + 5e-4 / out["labelled_stages_s"], abs_tol=0.1)
     assert set(out["peak_rss_mib"]) == set(bench.STAGES)
     # the shares the targets are stated in (calibration within the images stage, exit waves in the shard)
-    assert 0 < out["zero_defocus_calibration_share_of_imaging"] < 1
+    assert 0 < out["zero_defocus_calibration_share_of_imaging"] < 1 and out["images_workers"] == 1  # 1 structure
     # both seconds are printed rounded to 1 ms (h) and the share to 1e-3, so the printed share lies within
     # [(n - h) / (d + h), (n + h) / (d - h)] ± 0.5e-3 — a wide interval for this tiny config's sub-second stages
     h = 5e-4
-    for share, num, den in (("zero_defocus_calibration_share_of_imaging", "zero_defocus_calibration_s", "imaging_s"),
+    for share, num, den in (("zero_defocus_calibration_share_of_imaging", "zero_defocus_calibration_s", "imaging_work_s"),
                             ("exit_waves_share_of_labelled_stages", "exit_waves_s", "labelled_stages_s")):
         n, d = out[num], out[den]
         assert (n - h) / (d + h) - h - 1e-9 <= out[share] <= (n + h) / (d - h) + h + 1e-9, (share, n, d)

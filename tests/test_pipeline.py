@@ -249,6 +249,50 @@ def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
 
 
 
+def test_images_stage_writes_the_same_bytes_for_any_number_of_workers(built, monkeypatch):
+    """Structures are imaged in parallel (one torch thread each); the shard file is byte-identical to the
+    one-at-a-time run, also when the pool is larger than the shard, and the default follows torch's threads."""
+    import torch
+
+    spec, root, _, stats = built
+    path = pl.images_path(spec, 0, root)
+    reference = _sha(path)
+    threads = torch.get_num_threads()
+    for workers in (1, 2, 5):
+        st = pl.image_shard(spec, 0, root, force=True, workers=workers)
+        assert _sha(path) == reference, workers
+        assert st["workers"] == min(workers, 2) and st["work_s"] >= st["calibration_s"] + st["render_s"]
+    assert torch.get_num_threads() == threads  # restored after the pool
+    from hrtem_dataset.stages import images as stage
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert stage.image_workers(spec, spec.shard_indices(0), root) == 2  # at most the shard's structures
+    monkeypatch.setattr(stage, "IMAGE_WORKING_SET", 10**9)  # a working set beyond any memory: one at a time
+    assert stage.image_workers(spec, spec.shard_indices(0), root) == 1
+
+
+def test_an_error_in_one_structure_fails_the_images_shard_and_writes_nothing(tmp_path, monkeypatch):
+    """A worker's exception reaches the caller; no shard file (and no temporary) is left behind."""
+    from hrtem_dataset.stages import images as stage
+
+    spec = _spec()
+    pl.plan_structures(spec, tmp_path)
+    pl.build_structures_shard(spec, 0, tmp_path)
+    pl.simulate_shard(spec, 0, tmp_path)
+    original = stage._image_structure
+
+    def broken(spec_, i, root=None):
+        if i == spec.shard_indices(0)[1]:
+            raise RuntimeError("structure 1 broke")
+        return original(spec_, i, root)
+
+    monkeypatch.setattr(stage, "_image_structure", broken)
+    with pytest.raises(RuntimeError, match="structure 1 broke"):
+        pl.image_shard(spec, 0, tmp_path, workers=2)
+    images = pl.images_path(spec, 0, tmp_path).parent
+    assert not pl.images_path(spec, 0, tmp_path).exists() and not list(images.glob("*.tmp*"))
+
+
 def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_path):
     """The images stage with ``calibration_search: fast`` (band-limited scan confirmed on the full wave,
     fine-grid walk) writes the same images, masks, instance maps and zero-defocus values as with the

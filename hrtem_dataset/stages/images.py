@@ -20,6 +20,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from ..workspace import (
     sample_id,
     shard_indices,
     structure_id,
+    waves_path,
 )
 from .base import CheckSpec, RunContext, Stage, StageResult, outcome, rate
 from .exit_waves import load_waves
@@ -57,7 +59,7 @@ LABEL_COVERAGE = CheckSpec("label_coverage",
 
 
 @one_writer("images")
-def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False) -> dict:
+def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False, workers: int | None = None) -> dict:
     """Images and labels of every structure of ``shard`` into ``images/shard-NNNNN.npz`` (one file).
 
     Per structure: the zero defocus is calibrated on the particle-only waves (minimum contrast, when
@@ -68,7 +70,13 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
 
     Imaging runs on the CPU: the dose-noise draws of torch differ between CPU and CUDA generators, and the
     dataset bytes must not depend on the machine (the multislice, the expensive part, uses the GPU).
+    Structures are independent (own seeds, own noise generators), so ``workers`` of them are imaged at once,
+    each in one torch thread (default :func:`image_workers`); the file is the same bytes for any number.
     A shard whose file exists is skipped.
+
+    Returned timings: ``seconds`` (wall), ``work_s`` (the structures' seconds summed over workers) and its
+    parts ``calibration_s``, ``render_s``, ``labels_s`` (also summed over workers: compare them with
+    ``work_s``, not with the wall time).
     """
     indices = shard_indices(spec, shard)
     claim_stage_dir(spec, "images", images_fingerprint(spec, root), root)
@@ -78,48 +86,109 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         return {"shard": int(shard), "structures": len(indices), "computed": 0, "reused": 1,
                 "rows": len(read_image_shard_rows(spec, shard, root)), "seconds": time.perf_counter() - t0,
                 "images_per_s": 0.0}
+    n_workers = image_workers(spec, indices, root) if workers is None else max(1, min(int(workers), len(indices)))
+    results = _map_in_threads(lambda i: _image_structure(spec, i, root), list(indices), n_workers)
     arrays: dict[str, np.ndarray] = {}
     rows: list[dict] = []
-    calib_s = render_s = label_s = 0.0
-    for i in indices:
-        w = load_waves(spec, i, root)
-        atoms = read_structure(spec, i, root)
-        sampling, energy = w["sampling"], w["energy"]
-        t = time.perf_counter()
-        # search the minimum-contrast plane over the particles' heights (faster and never outside them)
-        has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
-        # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
-        zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
-                                             steps=tuple(spec.imaging.calibration_steps),
-                                             search=spec.imaging.calibration_search))
-                if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
-        calib_s += time.perf_counter() - t
-        scene = dict(atoms.info.get("scene") or {})
-        lineage = {"structure_id": structure_id(spec, i), "structure": plain(scene),
-                   "substrate_thickness": _substrate_thickness(scene), "zero_defocus": zero, "energy": energy,
-                   "sampling": list(sampling), "phonons": w["phonons"], "engine": w["engine"],
-                   "engine_version": w["engine_version"] or "unknown", "split": spec.split_of(i), "index": i}
-        labels_cache: dict[float, dict] = {}  # labels depend on the pixel size only
-
-        def labels_at(pixel_size: float, w=w, atoms=atoms, zero=zero, cache=labels_cache) -> dict:
-            nonlocal label_s
-            key = float(pixel_size)
-            if key not in cache:
-                t = time.perf_counter()
-                cache[key] = make_labels(w["particles"], atoms, w["sampling"], key, spec.labels,
-                                         zero_defocus=zero, energy=w["energy"])
-                label_s += time.perf_counter() - t
-            return cache[key]
-
-        if spec.kind == "exit_waves":
-            lab = labels_at(spec.imaging.pixel_size)
+    for res in results:  # in structure order: the same rows and array names for any number of workers
+        for row, row_arrays in res["rows"]:
             n = len(rows)
-            arrays[f"mask_{n}"] = np.asarray(lab["mask"]).astype(np.uint8)
-            arrays[f"instances_{n}"] = np.asarray(lab["instances"], dtype=np.int32)
-            rows.append({**lineage, "sample_id": structure_id(spec, i), "seed": derive_seed(spec.seed, "simulation", i),
-                         "pixel_size": float(spec.imaging.pixel_size),
-                         "particles": plain(lab.get("particles") or scene.get("particles") or [])})
-            continue
+            for name, a in row_arrays.items():
+                arrays[f"{name}_{n}"] = a
+            rows.append(row)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        save_npz(fh, rows=np.str_(json.dumps(rows, sort_keys=True)), **arrays)
+    dt = time.perf_counter() - t0
+    n_img = len(rows) if spec.kind == "images" else 0
+    total = {k: sum(r[k] for r in results) for k in ("work_s", "calibration_s", "render_s", "labels_s")}
+    return {"shard": int(shard), "structures": len(indices), "computed": 1, "reused": 0, "rows": len(rows),
+            "images": n_img, "seconds": dt, "images_per_s": rate(n_img, dt), "workers": n_workers, **total}
+
+
+IMAGE_WORKING_SET = 10  # a structure's imaging working memory, in multiples of its exit-wave file (measured ≈ 7×)
+
+
+def image_workers(spec: DatasetSpec, indices, root=None) -> int:
+    """Structures imaged at once: one per torch thread this process may use (``torch.get_num_threads()``),
+    at most the shard's structures, and as many as half the memory limit holds at ``IMAGE_WORKING_SET`` × the
+    largest exit-wave file of the shard."""
+    import torch
+
+    from ..limits import memory_limit
+
+    n = max(1, min(len(indices), torch.get_num_threads()))
+    sizes = [waves_path(spec, i, root).stat().st_size for i in indices if waves_path(spec, i, root).exists()]
+    limit = memory_limit()
+    if sizes and limit:
+        n = min(n, max(1, int(limit // 2 // (IMAGE_WORKING_SET * max(sizes)))))
+    return n
+
+
+def _map_in_threads(fn, items: list, workers: int) -> list:
+    """``[fn(x) for x in items]``, with ``workers`` > 1 in a thread pool (torch ops release the GIL), torch's
+    intra-op threads set to 1 meanwhile; the first error is raised after the running items finish."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images") as pool:
+            futures = [pool.submit(fn, x) for x in items]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
+    """Rows of structure ``i`` for :func:`image_shard`: ``rows`` = [(lineage dict, {"image"/"mask"/"instances":
+    array})], and its seconds (``work_s``, ``calibration_s``, ``render_s``, ``labels_s``)."""
+    t_start = time.perf_counter()
+    calib_s = render_s = label_s = 0.0
+    w = load_waves(spec, i, root)
+    atoms = read_structure(spec, i, root)
+    sampling, energy = w["sampling"], w["energy"]
+    t = time.perf_counter()
+    # search the minimum-contrast plane over the particles' heights (faster and never outside them)
+    has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
+    # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
+    zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
+                                         steps=tuple(spec.imaging.calibration_steps),
+                                         search=spec.imaging.calibration_search))
+            if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
+    calib_s += time.perf_counter() - t
+    scene = dict(atoms.info.get("scene") or {})
+    lineage = {"structure_id": structure_id(spec, i), "structure": plain(scene),
+               "substrate_thickness": _substrate_thickness(scene), "zero_defocus": zero, "energy": energy,
+               "sampling": list(sampling), "phonons": w["phonons"], "engine": w["engine"],
+               "engine_version": w["engine_version"] or "unknown", "split": spec.split_of(i), "index": i}
+    labels_cache: dict[float, dict] = {}  # labels depend on the pixel size only
+
+    def labels_at(pixel_size: float) -> dict:
+        nonlocal label_s
+        key = float(pixel_size)
+        if key not in labels_cache:
+            t = time.perf_counter()
+            labels_cache[key] = make_labels(w["particles"], atoms, w["sampling"], key, spec.labels,
+                                            zero_defocus=zero, energy=w["energy"])
+            label_s += time.perf_counter() - t
+        return labels_cache[key]
+
+    rows: list[tuple[dict, dict]] = []
+    if spec.kind == "exit_waves":
+        lab = labels_at(spec.imaging.pixel_size)
+        rows.append(({**lineage, "sample_id": structure_id(spec, i), "seed": derive_seed(spec.seed, "simulation", i),
+                      "pixel_size": float(spec.imaging.pixel_size),
+                      "particles": plain(lab.get("particles") or scene.get("particles") or [])},
+                     {"mask": np.asarray(lab["mask"]).astype(np.uint8),
+                      "instances": np.asarray(lab["instances"], dtype=np.int32)}))
+    else:
         conditions = sample_imaging_conditions(spec.imaging, derive_seed(spec.seed, "imaging", i))
         t = time.perf_counter()
         # the scene waves' FFT once per structure, shared by its images (the same bytes as one FFT per image)
@@ -137,20 +206,13 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
             if mask.shape != img.shape:
                 raise RuntimeError(f"labels {mask.shape} and image {img.shape} grids differ for "
                                    f"{sample_id(spec, i, k)} at pixel size {cond['pixel_size']}")
-            n = len(rows)
-            arrays[f"image_{n}"] = img
-            arrays[f"mask_{n}"] = mask.astype(np.uint8)
-            arrays[f"instances_{n}"] = np.asarray(lab["instances"], dtype=np.int32)
-            rows.append({**lineage, "sample_id": sample_id(spec, i, k), "seed": seed,
-                         "pixel_size": float(cond["pixel_size"]), "conditions": plain(cond),
-                         "particles": plain(lab.get("particles") or scene.get("particles") or [])})
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        save_npz(fh, rows=np.str_(json.dumps(rows, sort_keys=True)), **arrays)
-    dt = time.perf_counter() - t0
-    n_img = len(rows) if spec.kind == "images" else 0
-    return {"shard": int(shard), "structures": len(indices), "computed": 1, "reused": 0, "rows": len(rows),
-            "images": n_img, "seconds": dt, "images_per_s": rate(n_img, dt), "calibration_s": calib_s,
-            "render_s": render_s, "labels_s": label_s}
+            rows.append(({**lineage, "sample_id": sample_id(spec, i, k), "seed": seed,
+                          "pixel_size": float(cond["pixel_size"]), "conditions": plain(cond),
+                          "particles": plain(lab.get("particles") or scene.get("particles") or [])},
+                         {"image": img, "mask": mask.astype(np.uint8),
+                          "instances": np.asarray(lab["instances"], dtype=np.int32)}))
+    return {"rows": rows, "work_s": time.perf_counter() - t_start, "calibration_s": calib_s, "render_s": render_s,
+            "labels_s": label_s}
 
 
 def _substrate_thickness(scene: dict) -> float | None:
