@@ -2,12 +2,14 @@
 memory per stage), then the same shard as a Dagster partition run with every artifact already on disk (the
 orchestration overhead of a resumed partition).
 
-Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagster]
+Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagster] [--images-workers-ab]
 
 - ``--structures N`` runs only the first N structures of shard 0 (for paper-scale configurations). It
   changes the shard size only: shard 0 becomes the first N structures of the original shard 0, with the
   same seeds (they derive from ``spec.seed`` and the structure index) and the same splits.
 - ``--no-dagster`` skips the Dagster part (``dagster_resumed_partition_run_s`` is null).
+- ``--images-workers-ab`` reruns the images stage (fresh subprocesses, the same shard) alternately with one
+  worker and with its own number, twice each: ``images_workers_ab`` (null without the flag).
 
 Timing: each stage's own ``seconds`` (the stage function, without interpreter start-up and imports).
 ``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
@@ -34,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,23 +54,37 @@ def _vm_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _child(stage: str, spec_file: str, root: str) -> None:
-    """``--stage`` mode: run one stage of shard 0 and print its stats and memory as one JSON line."""
+def _child(stage: str, spec_file: str, root: str, workers: int | None = None) -> None:
+    """``--stage`` mode: run one stage of shard 0 and print its stats and memory as one JSON line
+    (``workers``: the images stage's, which then recomputes its shard)."""
     from hrtem_dataset import pipeline as pl
     from hrtem_dataset.specs import DatasetSpec
 
     spec = DatasetSpec.model_validate_json(Path(spec_file).read_text())
     start = _vm_bytes("VmRSS")
     run = {"structures": pl.build_structures_shard, "exit_waves": pl.simulate_shard, "images": pl.image_shard}
-    stats = run[stage](spec, 0, root)
+    kw = {"workers": workers, "force": True} if stage == "images" and workers else {}
+    stats = run[stage](spec, 0, root, **kw)
     print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
 
 
-def _run_stage(stage: str, spec_file: Path, root: Path) -> dict:
+def _run_stage(stage: str, spec_file: Path, root: Path, workers: int | None = None) -> dict:
+    extra = ["--images-workers", str(workers)] if workers else []
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stage", stage,
-                          "--spec-file", str(spec_file), "--root", str(root)],
+                          "--spec-file", str(spec_file), "--root", str(root), *extra],
                          stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _images_workers_ab(spec_file: Path, root: Path, workers: int, repeats: int = 2) -> dict:
+    """The images stage again in fresh subprocesses, alternately with its ``workers`` and with one, ``repeats``
+    times each (the same shard bytes either way): wall seconds of both and the median ratio."""
+    runs: dict[str, list[float]] = {"default_s": [], "one_worker_s": []}
+    for _ in range(repeats):
+        for key, n in (("one_worker_s", 1), ("default_s", workers)):
+            runs[key].append(round(_run_stage("images", spec_file, root, n)["stats"]["seconds"], 3))
+    ratio = statistics.median(runs["one_worker_s"]) / statistics.median(runs["default_s"])
+    return {"workers": workers, **runs, "speedup": round(ratio, 3)}
 
 
 def cap_structures(spec, n: int):
@@ -102,12 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("config", nargs="?", default=str(DEMO))
     ap.add_argument("--structures", type=int, default=None, help="run only the first N structures of shard 0")
     ap.add_argument("--no-dagster", action="store_true", help="skip the Dagster resumed-partition run")
+    ap.add_argument("--images-workers-ab", action="store_true",
+                    help="also rerun the images stage alternately with its workers and with one (images_workers_ab)")
+    ap.add_argument("--images-workers", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--spec-file", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.stage:
-        return _child(a.stage, a.spec_file, a.root)
+        return _child(a.stage, a.spec_file, a.root, a.images_workers)
     if a.structures is not None and a.structures < 1:
         ap.error("--structures must be >= 1")
 
@@ -122,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec_file.write_text(spec.model_dump_json())
         plan = pl.plan_structures(spec, root)
         r = {stage: _run_stage(stage, spec_file, root) for stage in STAGES}
+        ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
         overhead = None if a.no_dagster else _dagster_overhead(dataclasses.replace(src, spec=spec), root, Path(tmp) / "out")
     s, w, i = (r[k]["stats"] for k in STAGES)
     labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
@@ -136,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "exit_waves_per_s": round(w["waves_per_s"], 3), "simulation_atoms_per_s": round(w["atoms_per_s"], 1),
         "exit_waves_s": round(w["seconds"], 3), "images_per_s": round(i["images_per_s"], 3),
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
-        "imaging_work_s": round(i["work_s"], 3), "images_workers": i["workers"],
+        "imaging_work_s": round(i["work_s"], 3), "images_workers": i["workers"], "images_workers_ab": ab,
         "zero_defocus_calibration_share_of_imaging": round(i["calibration_s"] / i["work_s"], 3) if i["work_s"] else None,
         "exit_waves_share_of_labelled_stages": round(w["seconds"] / labelled_s, 3) if labelled_s else None,
         "shard_total_s": round(plan["seconds"] + labelled_s, 3),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 from pathlib import Path
 
+import torch
 from dagster_helpers import isolated_hf_datasets_cache, tiny_spec_dict, write_tiny_config  # noqa: F401 (autouse fixture)
 
 from hrtem_dataset import pipeline as pl
@@ -55,3 +57,14 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
     for key in ("config", "device", "engine", "structures_atoms_per_s", "exit_waves_per_s", "simulation_atoms_per_s",
                 "images_per_s", "zero_defocus_calibration_s", "shard_total_s", "peak_rss_method", "load_average_before"):
         assert key in out
+    assert out["images_workers_ab"] is None  # only with --images-workers-ab
+
+
+def test_images_workers_ab_reruns_the_images_stage_alternately(tmp_path):
+    config = write_tiny_config(tmp_path, model=False)
+    out = bench.main([str(config), "--structures", "2", "--no-dagster", "--images-workers-ab"])
+    ab = out["images_workers_ab"]
+    assert ab["workers"] == out["images_workers"] == min(2, torch.get_num_threads())  # 2 structures, ≤ 1 per thread
+    assert len(ab["default_s"]) == len(ab["one_worker_s"]) == 2 and min(ab["default_s"] + ab["one_worker_s"]) > 0
+    assert math.isclose(ab["speedup"], statistics.median(ab["one_worker_s"]) / statistics.median(ab["default_s"]),
+                        rel_tol=1e-2)
