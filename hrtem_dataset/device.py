@@ -1,6 +1,10 @@
-"""Device selection, one rule for the simulation, the imaging and the models: :func:`resolve_device`."""
+"""Device selection, one rule for the simulation, the imaging and the models: :func:`resolve_device`; and
+:func:`torch_threads` for thread pools of single-threaded torch streams."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -37,3 +41,16 @@ def resolve_device(device=None, option: str = "device") -> torch.device:
     if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return dev
     raise InputError(f"{option}: unsupported device {device!r} (use {CHOICES})")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block, then restored. Process-wide: for a thread pool whose
+    workers each run a single-threaded torch stream (one per core beats threaded ops on few cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+

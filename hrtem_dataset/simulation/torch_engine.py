@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from ..device import resolve_device
+from ..device import resolve_device, torch_threads
 from ..errors import InputError
 from ..limits import check_memory
 from ..spectra import plane_groups
@@ -184,11 +184,15 @@ def antialias_aperture(grid: Grid) -> np.ndarray:
     return np.where(k < cutoff - taper, 1.0, np.where(k < cutoff, edge, 0.0))
 
 
+def _fresnel(k2: np.ndarray, energy: float, dz: float) -> np.ndarray:
+    """P = exp(−iπλΔz|k|²) at the squared spatial frequencies ``k2`` [Å⁻²], complex128."""
+    return np.exp(-1j * np.pi * wavelength(energy) * dz * k2)
+
+
 def fresnel_propagator(grid: Grid, energy: float, dz: float) -> np.ndarray:
     """P·A: exp(−iπλΔz|k|²) times the antialias aperture, complex128 (nx, ny)."""
     kx, ky = _spatial_frequencies(grid)
-    k2 = kx[:, None] ** 2 + ky[None] ** 2
-    return np.exp(-1j * np.pi * wavelength(energy) * dz * k2) * antialias_aperture(grid)
+    return _fresnel(kx[:, None] ** 2 + ky[None] ** 2, energy, dz) * antialias_aperture(grid)
 
 
 def _abtem_sinc(grid: Grid) -> np.ndarray:
@@ -266,7 +270,7 @@ class _Tables:
                 self._props.pop(next(iter(self._props)))
             a = self._support_aperture
             # fresnel_propagator(grid, energy, steps·Δz) · A^(steps−1), on the aperture's support (0 elsewhere)
-            values = np.exp(-1j * np.pi * wavelength(self.energy) * (steps * dz) * self._support_k2) * a * a ** (steps - 1)
+            values = _fresnel(self._support_k2, self.energy, steps * dz) * a * a ** (steps - 1)
             p = np.zeros(self.grid.gpts[0] * self.grid.gpts[1], dtype=np.complex64)
             p[self._support] = values
             self._props[key] = torch.as_tensor(p.reshape(self.grid.gpts), device=self.device)
@@ -492,28 +496,26 @@ def _transmission_stream(build, chunks, workers: int):
     if workers == 0:
         yield (build(c) for c in chunks)
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-transmission")
-    try:
-        def ordered():
-            pending: deque = deque()
-            todo = iter(chunks)
-            for c in todo:
-                pending.append(pool.submit(build, c))
-                if len(pending) >= workers:
-                    break
-            while pending:
-                result = pending.popleft().result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append(pool.submit(build, nxt))
-                yield result
+    with torch_threads(1):
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-transmission")
+        try:
+            def ordered():
+                pending: deque = deque()
+                todo = iter(chunks)
+                for c in todo:
+                    pending.append(pool.submit(build, c))
+                    if len(pending) >= workers:
+                        break
+                while pending:
+                    result = pending.popleft().result()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(build, nxt))
+                    yield result
 
-        yield ordered()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(previous)
+            yield ordered()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _gridded_spectrum(positions: np.ndarray, plane_offsets: np.ndarray, tables: _Tables,

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import previews
+from ..device import torch_threads
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
 from ..imaging.image import wave_spectrum
@@ -117,7 +118,7 @@ def image_workers(spec: DatasetSpec, indices, root=None) -> int:
     from ..limits import memory_limit
 
     n = max(1, min(len(indices), torch.get_num_threads()))
-    sizes = [waves_path(spec, i, root).stat().st_size for i in indices if waves_path(spec, i, root).exists()]
+    sizes = [p.stat().st_size for p in (waves_path(spec, i, root) for i in indices) if p.exists()]
     limit = memory_limit()
     if sizes and limit:
         n = min(n, max(1, int(limit // 2 // (IMAGE_WORKING_SET * max(sizes)))))
@@ -129,21 +130,14 @@ def _map_in_threads(fn, items: list, workers: int) -> list:
     intra-op threads set to 1 meanwhile; the first error is raised after the running items finish."""
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images") as pool:
-            futures = [pool.submit(fn, x) for x in items]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images") as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
