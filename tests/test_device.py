@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.cluster import Octahedron
+from sim_scenes import small_scene
 
 DEVICE = os.environ.get("HRTEM_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -30,19 +30,9 @@ def rel_l2(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def scene(seed: int = 0, cell: float = 24.0, carbon: float = 12.0) -> Atoms:
-    """An Au octahedron (≈ 1.2 nm) on amorphous carbon, particle atoms tagged with ``particle_id`` 0."""
-    rng = np.random.default_rng(seed)
-    au = Octahedron("Au", 5, cutoff=1)
-    au.positions += np.array([cell / 2, cell / 2, 0.0]) - au.positions.mean(0)
-    au.positions[:, 2] += carbon + 1.0 - au.positions[:, 2].min()  # on the carbon
-    n_c = int(2.0 / 12.011 * 6.022e23 * 1e-24 * cell * cell * carbon)  # 2 g/cm³
-    c = Atoms("C" * n_c, positions=rng.uniform((0, 0, 0.5), (cell, cell, carbon), (n_c, 3)))
-    atoms = c + au
-    atoms.cell = (cell, cell, float(au.positions[:, 2].max()) + 3.0)
-    atoms.pbc = True
-    atoms.arrays["particle_id"] = np.r_[np.full(n_c, -1), np.zeros(len(au), int)]
-    return atoms
+def scene(seed: int = 0) -> Atoms:
+    """A 24 Å cell (240² at 0.1 Å): 12 Å of amorphous carbon and an Au cluster (r 6 Å) tagged ``particle_id`` 0."""
+    return small_scene(cell=24.0, carbon=12.0, radius=6.0, seed=seed)
 
 
 @pytest.fixture(scope="module")
