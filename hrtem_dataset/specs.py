@@ -395,11 +395,13 @@ class ImagingDistributionSpec(Strict):
         default_factory=lambda: [1.0, 0.1], min_length=1, max_length=4,
         description="zero-defocus search steps, Å, coarse to fine (paper: 1 then 0.1; each ≤ 2 Å keeps the "
         "few-Å features of crystalline particles' contrast curves)")
-    calibration_search: Literal["grid", "fast"] = Field(
+    calibration_search: Literal["grid", "fast", "parabolic"] = Field(
         "grid", exclude_if=lambda v: v == "grid",  # the default leaves spec hashes (and fingerprints) as they were
-        description="zero-defocus search: 'grid' (the paper's: every step value on the full field) or 'fast' "
+        description="zero-defocus search: 'grid' (the paper's: every step value on the full field), 'fast' "
         "(a band-limited scan confirmed on the full wave, particle windows, a downhill walk over the fine grid "
-        "values from a parabola's vertex: the grid search's values with ≈ 8× fewer full-wave evaluations)")
+        "values from a parabola's vertex: the grid search's values with ≈ 8× fewer full-wave evaluations) or "
+        "'parabolic' (the scan confirmed on the waves' band-limited 3/4 grid, then a parabola's vertex instead "
+        "of the later steps: within one last step of the grid search's value, ≈ 2× cheaper than 'fast')")
     cropped_ifft: bool = Field(
         False, exclude_if=lambda v: v is False,  # the default leaves spec hashes (and fingerprints) as they were
         description="with an objective aperture (semiangle_cutoff), image on the smallest FFT grid that holds "

@@ -291,6 +291,9 @@ def test_zero_defocus_calibration_finds_known_minimum():
     assert np.argmin(curve) == 2 and curve[2] < 1e-8 < curve[1]
     zd = calibrate_zero_defocus(exit_wave, 0.1, 300e3, search_range=(-20.0, 120.0))
     assert abs(zd - d) <= 0.1
+    for search in ("fast", "parabolic"):
+        assert abs(calibrate_zero_defocus(exit_wave, 0.1, 300e3, search_range=(-20.0, 120.0), search=search)
+                   - d) <= 0.1, search
     with pytest.raises(InputError, match="search_range"):
         calibrate_zero_defocus(exit_wave, 0.1, 300e3, search_range=(5.0, 5.0))
 
@@ -339,6 +342,9 @@ def test_fast_zero_defocus_search_matches_the_grid_search():
         ref = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps)
         fast = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps, search="fast")
         assert abs(fast - ref) <= 0.5, (steps, ref, fast)
+        # the parabolic search: within one last step (0.1 / 0.5 Å) of the grid search
+        parabolic = calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, steps=steps, search="parabolic")
+        assert abs(parabolic - ref) <= steps[-1] + 1e-9, (steps, ref, parabolic)
     # without atoms the fast search refines on the full field, with the same answer
     rng = (-5.0, 40.0)
     assert abs(calibrate_zero_defocus(wave, 0.1, 300e3, search_range=rng, search="fast")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -265,10 +266,9 @@ def test_confirm_walks_from_the_proxy_minimum_to_the_full_curves_minimum():
             assert f.evaluations <= abs(true - start) + 7
 
 
-def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
-    """The band-limited proxy runs on the smallest FFT grid holding the band (256² for a 64 Å cell at 0.1 Å
-    and 2 Å⁻¹), its curve's minimum is within a few Å of the full wave's, and the full search confirms the
-    grid search's value exactly."""
+@functools.lru_cache(maxsize=1)
+def _cluster_in_vacuum():
+    """A 2 nm Au fcc cluster alone in a 64 × 64 × 32 Å cell and its exit wave at 0.1 Å (640², torch engine)."""
     from ase import Atoms
     from ase.cluster import FaceCenteredCubic
 
@@ -280,6 +280,14 @@ def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
     atoms = Atoms(c.get_chemical_symbols(), positions=c.positions, cell=[64.0, 64.0, 32.0], pbc=True)
     atoms.set_array("particle_id", np.zeros(len(atoms), dtype=int))
     wave = simulate_exit_wave(atoms, sampling=0.1, slice_thickness=2.0)
+    return atoms, wave, calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms)  # the grid search
+
+
+def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
+    """The band-limited proxy runs on the smallest FFT grid holding the band (256² for a 64 Å cell at 0.1 Å
+    and 2 Å⁻¹), its curve's minimum is within a few Å of the full wave's, and the full search confirms the
+    grid search's value exactly."""
+    atoms, wave, ref = _cluster_in_vacuum()
     assert calibration.particle_windows(atoms, wave.shape, 0.1, margin=30.0) is None  # full-field evaluations
     result = calibration._band_contrast(torch.fft.fft2(torch.as_tensor(wave)[None]), 0.1, 300e3, 2.0)
     assert result is not None  # a smaller grid than the wave's
@@ -287,11 +295,44 @@ def test_band_limited_scan_locates_the_basin_on_a_smaller_grid():
     grid = np.arange(*calibration.defocus_search_range(atoms), 1.0)
     full = calibration.contrast_curve(wave, 0.1, 300e3, grid)
     assert abs(grid[np.argmin(proxy(grid))] - grid[np.argmin(full)]) <= 4.0
-    ref = calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms)
     assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", margin=30.0) == ref
     assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast") == ref  # windowed
     with pytest.raises(calibration.InputError, match="band"):
         calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", band=0.0)
+
+
+def test_parabolic_search_evaluates_on_the_band_limited_grid_within_a_step_of_the_grid_search():
+    """``search="parabolic"``: a multislice exit wave (antialiased to 2/3 of its band) is evaluated on the 3/4
+    grid (480² for 640²), whose contrast curve has the full grid's minimum on the 1 Å grid; a wave with power
+    beyond that grid keeps its own; the result is within one 0.1 Å step of the grid search's."""
+    atoms, wave, ref = _cluster_in_vacuum()
+    spectrum = torch.fft.fft2(torch.as_tensor(wave)[None])
+    m = calibration._evaluation_grid(spectrum)
+    assert m == (480, 480)
+    g = torch.Generator().manual_seed(3)
+    noisy = torch.polar(torch.ones(1, 640, 640), 0.3 * torch.randn(1, 640, 640, generator=g))
+    assert calibration._evaluation_grid(torch.fft.fft2(noisy)) == (640, 640)  # broadband: nothing cut
+    grid = np.arange(*calibration.defocus_search_range(atoms), 1.0)
+    cropped = calibration._cropped_contrast(spectrum, 0.1, 300e3, m, centred=True)(grid)
+    full = calibration.contrast_curve(wave, 0.1, 300e3, grid) * wave.size  # variance -> Σ (I − Ī)²
+    assert np.argmin(cropped) == np.argmin(full)
+    assert calibration._cropped_contrast(spectrum, 0.1, 300e3, (640, 640), centred=True)(grid) == pytest.approx(
+        full, rel=1e-3)
+    parabolic = calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="parabolic")
+    assert abs(parabolic - ref) <= 0.1 + 1e-9 and round(parabolic * 10) == pytest.approx(parabolic * 10)
+    with pytest.raises(calibration.InputError, match="search"):
+        calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="golden")
+
+
+def test_parabola_vertex_is_exact_for_a_quadratic_and_stays_within_half_a_step():
+    grid = np.arange(0.0, 10.0, 1.0)
+    f = calibration._Memo(lambda d: (d - 3.37) ** 2)
+    assert calibration._parabola_vertex(f, grid, 3.0) == pytest.approx(3.37)
+    assert f.evaluations == 3
+    assert calibration._parabola_vertex(f, grid, 0.0) == 0.0  # an end of the grid: no neighbour on one side
+    assert calibration._vertex_offset(1.0, 0.0, 1.0) == 0.0
+    assert calibration._vertex_offset(5.0, 0.0, 0.0) == 0.5  # flat on one side: half a step, no further
+    assert calibration._vertex_offset(1.0, 1.0, 1.0) == 0.0  # flat curve
 
 
 def test_save_npz_round_trips_every_array_deterministically(tmp_path):

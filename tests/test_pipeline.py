@@ -296,13 +296,14 @@ def test_an_error_in_one_structure_fails_the_images_shard_and_writes_nothing(tmp
 def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_path):
     """The images stage with ``calibration_search: fast`` (band-limited scan confirmed on the full wave,
     fine-grid walk) writes the same images, masks, instance maps and zero-defocus values as with the
-    paper's grid search (the same calibrated value, hence the same bytes)."""
+    paper's grid search (the same calibrated value, hence the same bytes); with ``parabolic`` every zero
+    defocus is within one 0.1 Å step of the grid search's, and rows with the same value have the same arrays."""
     shards = {}
-    for search in ("grid", "fast"):
+    for search in ("grid", "fast", "parabolic"):
         d = tiny_spec_dict(model=False, train=2, validation=1, test=1, shard_size=4)
         d["imaging"]["images_per_structure"] = 2
-        if search == "fast":
-            d["imaging"]["calibration_search"] = "fast"
+        if search != "grid":
+            d["imaging"]["calibration_search"] = search
         spec = DatasetSpec.model_validate(d)
         root = tmp_path / search
         pl.plan_structures(spec, root)
@@ -311,9 +312,15 @@ def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_p
         pl.image_shard(spec, 0, root)
         shards[search] = dict(np.load(pl.images_path(spec, 0, root)))
     grid, fast = shards["grid"], shards["fast"]
-    assert sorted(grid) == sorted(fast) and len(grid) == 1 + 3 * 8
+    assert sorted(grid) == sorted(fast) == sorted(shards["parabolic"]) and len(grid) == 1 + 3 * 8
     for k in grid:
         if k != "rows":
             assert np.array_equal(grid[k], fast[k]), k
-    zeros = [[r["zero_defocus"] for r in json.loads(str(s["rows"]))] for s in (grid, fast)]
-    assert zeros[0] == zeros[1] and all(z != 0.0 for z in zeros[0])
+    zeros = {search: [r["zero_defocus"] for r in json.loads(str(z["rows"]))] for search, z in shards.items()}
+    assert zeros["grid"] == zeros["fast"] and all(z != 0.0 for z in zeros["grid"])
+    assert all(abs(a - b) <= 0.1 + 1e-9 for a, b in zip(zeros["grid"], zeros["parabolic"], strict=True))
+    same = {n for n, (a, b) in enumerate(zip(zeros["grid"], zeros["parabolic"], strict=True)) if a == b}
+    assert len(same) >= 4, zeros  # at least half the rows: the grid search's value exactly
+    for k in grid:
+        if k != "rows" and int(k.rsplit("_", 1)[1]) in same:
+            assert np.array_equal(grid[k], shards["parabolic"][k]), k
