@@ -157,8 +157,9 @@ def image_batch(
         for plan, rows in plans.items():
             idx = torch.tensor(rows, device=device)
             sub = {k: v[idx] for k, v in coeffs.items()}
-            w_g = _rows(waves, rows)
             sp_g = None if spectrum is None else spectrum if spectrum.shape[0] == 1 else _rows(spectrum, rows)
+            # with a spectrum the waves are not read (only their shape): a view, not a gathered copy
+            w_g = _rows(waves, rows) if sp_g is None else waves[:1].expand(len(rows), *waves.shape[1:])
             if plan is None:
                 H = transfer_function((nx, ny), s, energy, sub, semiangle_cutoff=cut[idx], focal_spread=fs[idx],
                                       angular_spread=th[idx], soft_aperture=soft_aperture, device=device)
