@@ -212,6 +212,46 @@ def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonon
             np.testing.assert_array_equal(curve, ref)
 
 
+@pytest.mark.parametrize("n, sampling", [(640, 0.1), (255, 0.25), (96, 0.1)])
+def test_octant_transfer_function_is_bit_identical_to_the_full_grid(monkeypatch, n, sampling):
+    """Round aberrations without an aperture on a square grid: H computed on one octant of the grid and copied
+    out has the full-grid computation's bytes (defocus, Cs, C5, focal and angular spread, batches, odd n)."""
+    from hrtem_dataset.imaging import ctf
+    from hrtem_dataset.imaging.aberrations import stack_coefficients
+
+    rows, cols, inverse = ctf._octant(n, "cpu")
+    assert rows.numel() % ctf.OCTANT_PAD == 0 and int(inverse.max()) < rows.numel()
+    assert int(inverse.max()) + 1 < n * n / 7  # classes: ≈ 1/8 of the pixels
+    k = torch.fft.fftfreq(n, d=sampling, dtype=torch.float64)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    assert torch.equal(k2[rows, cols][inverse], k2)  # every pixel has its representative's |k|², bit for bit
+    full = ctf._octant_applies
+    for trial in range(6):
+        g = torch.Generator().manual_seed(trial)
+        batch = 1 + trial % 3
+
+        def r(lo, hi, batch=batch, g=g):
+            return lo + (hi - lo) * torch.rand(batch, generator=g, dtype=torch.float64)
+
+        coeffs = stack_coefficients([{}] * batch)
+        coeffs["C10"], coeffs["C30"] = r(-300, 300), r(-2e4, 2e4) * (trial % 2)
+        if trial == 5:
+            coeffs["C50"] = r(-1e6, 1e6)
+        kw = {"focal_spread": r(0, 50) * (trial % 3 != 0), "angular_spread": r(0, 0.5) * (trial % 4 != 1)}
+        octant = ctf.transfer_function((n, n), (sampling, sampling), 300e3, coeffs, **kw)
+        monkeypatch.setattr(ctf, "_octant_applies", lambda *a: False)
+        reference = ctf.transfer_function((n, n), (sampling, sampling), 300e3, coeffs, **kw)
+        monkeypatch.setattr(ctf, "_octant_applies", full)
+        assert torch.equal(octant, reference), trial
+    # not applied: a rectangular grid, unequal sampling, an aperture, astigmatism
+    round_terms = ((1, 0, "c"), (3, 0, "c"))
+    assert ctf._octant_applies((n, n), (sampling, sampling), False, round_terms)
+    assert not ctf._octant_applies((n, n + 1), (sampling, sampling), False, round_terms)
+    assert not ctf._octant_applies((n, n), (sampling, 1.01 * sampling), False, round_terms)
+    assert not ctf._octant_applies((n, n), (sampling, sampling), True, round_terms)
+    assert not ctf._octant_applies((n, n), (sampling, sampling), False, round_terms + ((1, 2, "c"),))
+
+
 def test_cropped_ifft_spec_option_is_opt_in_and_keeps_default_hashes():
     """``imaging.cropped_ifft`` defaults to False and is left out of spec dumps (and hashes) at its default."""
     from hrtem_dataset.specs import ImagingDistributionSpec

@@ -110,6 +110,46 @@ def _band_basis(gpts: tuple[int, int], sampling: tuple[float, float], lam: float
     return tuple(a.index_select(1, rows).index_select(2, cols) for a in _basis(gpts, sampling, lam, device, terms))
 
 
+OCTANT_PAD = 1024  # the octant table's length is a multiple of this (see _octant)
+
+
+@functools.lru_cache(maxsize=4)
+def _octant(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixels of an n × n FFT grid with distinct (min(|i|, |j|), max(|i|, |j|)) (i, j: signed frequency
+    indices) — one octant, 1/8 of the grid — as representative (rows, cols), and for every pixel the position
+    of its representative (n, n). On a square grid of equal sampling every round-aberration CTF without an
+    aperture takes the same value on all pixels of a class (their float64 |k|² are bit-identical: negated and
+    swapped frequencies). The table is padded with its first entry to a multiple of ``OCTANT_PAD``, so that
+    elementwise kernels take the same vectorised code for every entry as on the full grid (no scalar tail)."""
+    idx = torch.arange(n, device=device)
+    mag = torch.minimum(idx, n - idx)
+    h = n // 2 + 1
+    key = torch.minimum(mag[:, None], mag[None, :]) * h + torch.maximum(mag[:, None], mag[None, :])
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    pad = (-uniq.numel()) % OCTANT_PAD
+    uniq = torch.cat([uniq, uniq[:1].expand(pad)])
+    return uniq // h, uniq % h, inverse
+
+
+@functools.lru_cache(maxsize=4)
+def _octant_grid(n: int, sampling: float, lam: float, device: str):
+    """:func:`_grid` of the n × n grid at the :func:`_octant` representatives, each (1, U): the same values."""
+    rows, cols, _ = _octant(n, device)
+    return tuple(a[rows, cols][None] for a in _grid((n, n), (sampling, sampling), lam, device))
+
+
+@functools.lru_cache(maxsize=4)
+def _octant_basis(n: int, sampling: float, lam: float, device: str, terms: tuple):
+    rows, cols, _ = _octant(n, device)
+    return tuple(a[:, rows, cols][:, None] for a in _basis((n, n), (sampling, sampling), lam, device, terms))
+
+
+def _octant_applies(gpts: tuple[int, int], sampling: tuple[float, float], apertured: bool, terms: tuple) -> bool:
+    """Whether H has the octant symmetry of :func:`_octant`: a square grid of equal sampling, round aberrations
+    only and no aperture (the soft edge's width varies with the azimuth at the last bit)."""
+    return gpts[0] == gpts[1] and sampling[0] == sampling[1] and not apertured and all(m == 0 for _, m, _ in terms)
+
+
 def transfer_function(
     gpts: tuple[int, int],
     sampling: tuple[float, float],
@@ -131,7 +171,9 @@ def transfer_function(
     ``coeffs``: polar coefficients as float64 (B,) tensors (see :func:`.aberrations.stack_coefficients`);
     ``semiangle_cutoff`` [mrad], ``focal_spread`` [Å], ``angular_spread`` [mrad]: scalars or (B,).
     Grid arrays are cached per (grid, energy, device); χ is accumulated in float64 and reduced modulo
-    2π before the float32 exponential, the envelopes are float32.
+    2π before the float32 exponential, the envelopes are float32. Round aberrations only (C10, C30, C50),
+    no aperture, a square grid of equal sampling: H is computed on one octant of the grid (:func:`_octant`,
+    ≈ 1/8 of the pixels) and copied to the others — the same values (tests compare the bytes).
     """
     lam = electron_wavelength(energy)
     gpts = (int(gpts[0]), int(gpts[1]))
@@ -139,7 +181,14 @@ def transfer_function(
     dev = str(torch.device(device))
     batch = coeffs["C10"].shape[0]
     terms = used_terms(coeffs)
-    if band is None:
+    cut = _batch(semiangle_cutoff, batch, dev, math.inf)
+    cut = torch.where(torch.isnan(cut), torch.full_like(cut, math.inf), cut)
+    apertured = bool(torch.isfinite(cut).any())
+    octant = band is None and _octant_applies(gpts, sampling, apertured, terms)
+    if octant:
+        alpha, phi, alpha4, alpha32, denom = _octant_grid(gpts[0], sampling[0], lam, dev)
+        F, G = _octant_basis(gpts[0], sampling[0], lam, dev, terms)
+    elif band is None:
         alpha, phi, alpha4, alpha32, denom = _grid(gpts, sampling, lam, dev)
         F, G = _basis(gpts, sampling, lam, dev, terms)
     else:
@@ -157,9 +206,7 @@ def transfer_function(
     def times(factor: torch.Tensor) -> torch.Tensor:
         return factor if envelope is None else envelope.mul_(factor)
 
-    cut = _batch(semiangle_cutoff, batch, dev, math.inf)
-    cut = torch.where(torch.isnan(cut), torch.full_like(cut, math.inf), cut)
-    if bool(torch.isfinite(cut).any()):
+    if apertured:
         c = (cut * 1e-3).to(torch.float32)[:, None, None]
         if soft_aperture:
             ap = torch.clamp((c - alpha32) / denom + 0.5, 0.0, 1.0)
@@ -181,4 +228,7 @@ def transfer_function(
         envelope = times(torch.exp(-a * grad2).to(torch.float32))
     if envelope is None:
         envelope = torch.ones((batch, *alpha.shape), dtype=torch.float32, device=dev)
-    return torch.polar(envelope, -phase)
+    H = torch.polar(envelope, -phase)
+    if octant:
+        H = H.reshape(batch, -1).index_select(1, _octant(gpts[0], dev)[2].reshape(-1)).reshape(batch, *gpts)
+    return H
