@@ -401,7 +401,7 @@ class ImagingDistributionSpec(Strict):
         "(a band-limited scan confirmed on the full wave, particle windows, a downhill walk over the fine grid "
         "values from a parabola's vertex: the grid search's values with ≈ 8× fewer full-wave evaluations) or "
         "'parabolic' (the scan confirmed on the waves' band-limited 3/4 grid, then a parabola's vertex instead "
-        "of the later steps: within one last step of the grid search's value, ≈ 2× cheaper than 'fast')")
+        "of the later steps: within one last step of the grid search's value, 2–3× faster than 'fast')")
     cropped_ifft: bool = Field(
         False, exclude_if=lambda v: v is False,  # the default leaves spec hashes (and fingerprints) as they were
         description="with an objective aperture (semiangle_cutoff), image on the smallest FFT grid that holds "

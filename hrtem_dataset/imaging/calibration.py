@@ -41,7 +41,7 @@ by a peak 8 Å wide, which a 10 Å first step misses — hence 1 Å.
   minimum (≈ 3–4 new evaluations instead of 21 for 1 Å → 0.1 Å, every value evaluated once; a golden
   section over the grid values needed ≈ 6).
 
-``search="parabolic"`` trades the grid search's exact value for ≈ 2× less time again (a 0.1 Å error in the
+``search="parabolic"`` trades the grid search's exact value for 2–3× less time again (a 0.1 Å error in the
 zero is far below what matters downstream: the CPU baseline samples defocus ±150 Å around it):
 
 - the same band-limited scan locates the basin, and the first-stage values around its minimum (±``confirm``
@@ -470,7 +470,7 @@ def calibrate_zero_defocus(
     ``"fast"`` (the grid search's value with less work: particle windows of ``margin`` Å around the particles
     of ``atoms`` and vertex-walk refinement) or ``"parabolic"`` (the first stage on the waves' band-limited
     grid, then the vertex of a parabola instead of the later stages; within 0.1 Å of the grid search on the
-    paper's steps, ≈ 2× faster than ``"fast"``); see the module docstring. ``band`` [Å⁻¹]: the coarse scan's
+    paper's steps, 2–3× faster than ``"fast"``); see the module docstring. ``band`` [Å⁻¹]: the coarse scan's
     band; ``confirm``: first-stage steps on each side of the scan's minimum evaluated on the full band
     (defaults: 2 Å⁻¹ and 2 for ``"fast"``, 1.5 Å⁻¹ and 1 for ``"parabolic"``).
     """
