@@ -115,7 +115,7 @@ def test_noisy_images_are_reproducible_and_poisson_on_the_device(waves):
     assert 0.9 < float(resid.std()) < 1.1  # Poisson: variance = mean
 
 
-@pytest.mark.parametrize("search", ["grid", "fast"])
+@pytest.mark.parametrize("search", ["grid", "fast", "parabolic"])
 def test_zero_defocus_calibration_matches_the_cpu(waves, search):
     from hrtem_dataset.imaging import calibrate_zero_defocus
 
