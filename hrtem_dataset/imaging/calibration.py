@@ -510,11 +510,7 @@ def calibrate_zero_defocus(
         curve = contrast_curve(particle_waves, sampling, energy, grid, device, batch_size)
     if float(np.ptp(curve)) <= 1e-12 * max(float(np.max(curve)), 1e-30):
         return 0.0  # no contrast anywhere (e.g. a scene without particles): nothing to calibrate
-    i = int(np.argmin(curve))
-    j = i * stride
-    if search == "parabolic" and stride > 1 and 0 < i < curve.size - 1:
-        # start the confirmation at the scan's own parabola vertex: fewer steps to walk on the full band
-        j = min(max(int(round((i + _vertex_offset(*curve[i - 1 : i + 2])) * stride)), 0), grid.size - 1)
+    j = int(np.argmin(curve)) * stride
     best = _confirm(f, grid, j, confirm) if proxy is not None else float(grid[j])
     if search == "parabolic":
         best = round(_parabola_vertex(f, grid, best) / steps[-1]) * steps[-1]
