@@ -254,19 +254,14 @@ def _window_contrast(waves, sampling, energy: float, atoms, margin: float, devic
             rows = torch.arange(win[0][0], win[0][0] + win[0][1], device=dev) % nx
             cols = torch.arange(win[1][0], win[1][0] + win[1][1], device=dev) % ny
             sub_spec = fft2(w.index_select(-2, rows).index_select(-1, cols))
-        parts.append((sub_spec, _defocus_phase(tuple(sub_spec.shape[-2:]), s, float(energy), sub_spec.device)))
-    bufs: list[torch.Tensor | None] = [None] * len(parts)
+        parts.append(_cropped_contrast(sub_spec, s, energy, tuple(sub_spec.shape[-2:]), centred=True))
 
     def evaluate(defoci: np.ndarray) -> np.ndarray:
         d = np.asarray(defoci, dtype=np.float64).reshape(-1)
-        total = torch.zeros(d.size, dtype=torch.float64, device=dev)
-        for j, (spec, phase) in enumerate(parts):
-            if bufs[j] is None or bufs[j].shape[0] < d.size:  # type: ignore[union-attr]
-                bufs[j] = torch.empty((d.size, *spec.shape), dtype=spec.dtype, device=spec.device)
-            inten = _intensities(spec, phase, d, _uniform_step(phase, d), bufs[j]).reshape(d.size, -1)
-            inten -= inten.mean(dim=-1, keepdim=True)
-            total += torch.linalg.vecdot(inten, inten).to(torch.float64)
-        return total.cpu().numpy()
+        total = np.zeros(d.size)
+        for part in parts:  # every value of the call in one batch per window
+            total += part(d, max(d.size, 1))
+        return total
 
     return evaluate
 
@@ -320,7 +315,8 @@ def _cropped_contrast(spectrum: torch.Tensor, sampling, energy: float, m: tuple[
     s = as_pair(sampling, "sampling")
     n = tuple(int(v) for v in spectrum.shape[-2:])
     spec = spectrum if m == n else crop_complex_spectrum(spectrum, m)
-    phase = _defocus_phase(m, (n[0] * s[0] / m[0], n[1] * s[1] / m[1]), float(energy), spec.device)
+    grid_sampling = s if m == n else (n[0] * s[0] / m[0], n[1] * s[1] / m[1])  # the same field of view
+    phase = _defocus_phase(m, grid_sampling, float(energy), spec.device)
     buf: list[torch.Tensor | None] = [None]
 
     def evaluate(defoci: np.ndarray, batch_size: int = 16) -> np.ndarray:
