@@ -405,7 +405,8 @@ class ImagingDistributionSpec(Strict):
     cropped_ifft: bool = Field(
         False, exclude_if=lambda v: v is False,  # the default leaves spec hashes (and fingerprints) as they were
         description="with an objective aperture (semiangle_cutoff), image on the smallest FFT grid that holds "
-        "the output band without aliasing: the same images to float32 rounding (~1e-6), not the same bytes")
+        "the output band without aliasing: the same images to float32 rounding (~1e-6), not the same bytes; on the "
+        "CPU only (on a GPU the full grid is faster)")
 
     @model_validator(mode="after")
     def _physical(self) -> ImagingDistributionSpec:

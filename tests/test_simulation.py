@@ -472,3 +472,62 @@ def test_atoms_on_the_top_face_stay_at_the_top():
     inside = Atoms("Au", positions=[[5.0, 5.0, 10.0 - 1e-6]], cell=[10, 10, 10], pbc=True)
     np.testing.assert_allclose(simulate_exit_wave(top, sampling=0.1), simulate_exit_wave(inside, sampling=0.1),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("high", [1, 50, 1 << 16, 1 << 20, 1 << 40])
+def test_radix_argsort_is_numpys_stable_argsort(high):
+    """The plane sort (one or two 16-bit radix passes, a merge sort beyond 32 bits) is the same permutation."""
+    keys = np.random.default_rng(high).integers(0, high, 200_003, dtype=np.int64)
+    np.testing.assert_array_equal(te._stable_argsort(keys), np.argsort(keys, kind="stable"))
+    assert te._stable_argsort(np.zeros(0, np.int64)).size == 0
+    signed = np.array([3, -1, 3, 0, -1])
+    np.testing.assert_array_equal(te._stable_argsort(signed), np.argsort(signed, kind="stable"))
+
+
+def test_species_of_specimens_sharing_their_numbers():
+    """Phonon configurations share one numbers array (looked up once); other structures bring their own."""
+    shared = np.array([79, 6, 6, 79, 6])
+    specimens = te.waves_from_arrays(np.zeros((3, 5, 3)), shared) + te.waves_from_arrays(np.zeros((2, 3)), [14, 6])
+    unique_z, species = te._species(specimens)
+    numbers = np.concatenate([np.asarray(s.numbers) for s in specimens])
+    np.testing.assert_array_equal(unique_z, np.unique(numbers))
+    np.testing.assert_array_equal(species, np.searchsorted(np.unique(numbers), numbers))
+
+
+def test_atoms_outside_the_cell_wrap_periodically_in_x_and_y():
+    """Coordinates moved by whole cell lengths (and atoms on the far faces) give the wave of the wrapped cell;
+    only the coordinates outside [0, L) are wrapped, so the others keep their exact values."""
+    atoms = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    moved = atoms.copy()
+    shift = np.zeros((len(atoms), 3))
+    shift[::3, 0], shift[1::3, 1], shift[2::5, 0] = 10.0, -10.0, -20.0
+    moved.positions = atoms.positions + shift
+    ref = simulate_exit_wave(atoms, sampling=0.2)
+    assert _rel(simulate_exit_wave(moved, sampling=0.2), ref) < 1e-5
+    face = Atoms("Au", positions=[[10.0, 10.0, 2.0]], cell=[10, 10, 10], pbc=True)
+    origin = Atoms("Au", positions=[[0.0, 0.0, 2.0]], cell=[10, 10, 10], pbc=True)
+    np.testing.assert_array_equal(simulate_exit_wave(face, sampling=0.2), simulate_exit_wave(origin, sampling=0.2))
+
+
+def test_phonon_configurations_do_not_depend_on_threads(monkeypatch):
+    """Each configuration has its own generator: drawn in threads or one after the other, the same values."""
+    from hrtem_dataset.simulation import phonons
+
+    rng = np.random.default_rng(3)
+    pos, numbers = rng.random((5000, 3)) * 20, np.where(rng.random(5000) < 0.5, 79, 6)
+    monkeypatch.setattr(phonons, "PARALLEL_VALUES", 1)
+    threaded = phonons.displaced_positions(pos, numbers, 6, seed=9)
+    monkeypatch.setattr(phonons, "PARALLEL_VALUES", 1 << 62)
+    serial = phonons.displaced_positions(pos, numbers, 6, seed=9)
+    np.testing.assert_array_equal(threaded, serial)
+    sigma = phonons.rms_for_numbers(numbers)[:, None]
+    first = pos + np.random.default_rng(phonons.derive_seed(9, "phonons", 0)).standard_normal(pos.shape) * sigma
+    np.testing.assert_array_equal(serial[0], first)  # the documented draw, value for value
+
+
+def test_default_working_memory_and_host_copy_on_the_cpu():
+    import torch
+
+    assert te.default_max_memory("cpu") == te.DEFAULT_MAX_MEMORY
+    t = torch.randn(2, 3, dtype=torch.complex64)
+    np.testing.assert_array_equal(te.to_host(t), t.numpy())

@@ -20,7 +20,8 @@ when an objective aperture bounds Ψ_p H_b: the intensity's content inside the o
 aliasing on any grid of n' ≥ 2K + ⌊m/2⌋ + 1 points per axis (K: the aperture's extent in FFT indices, m: the
 output grid), so the images equal the full-grid ones to float32 rounding (~1e-6 relative) at a fraction of
 the inverse-FFT cost (:func:`_cropped_plans`). It is opt-in because float32 rounding differs from the
-full-grid path, so dataset bytes would.
+full-grid path, so dataset bytes would. It applies on the CPU only (on an accelerator the full grid's batched FFTs
+are faster: 3,750 vs 1,390 images/s on an H200).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def image_batch(
         the smallest FFT-friendly grid that holds the output band without aliasing (see
         :func:`_cropped_plans`); the same image as the full-grid path up to float32 rounding (~1e-6
         relative), not bit-identical. Images without an aperture, or where it does not pay, take the
-        full-grid path.
+        full-grid path, and so do all images on an accelerator (there the full grid is faster).
 
     Returns counts per pixel for images with a dose, intensity (vacuum = 1) for the others.
     """
@@ -141,7 +142,10 @@ def image_batch(
     else:
         shape, px = (nx, ny), s
     any_noise = bool(noisy.any())
-    plans = _cropped_plans(cut, energy, (nx, ny), s, shape, waves.shape[1]) if cropped_ifft else None
+    # on the CPU only: on an H200 the cropped path made 0.37× the full grid's images/s (its per-image plan
+    # groups launch many small transforms; the full grid's batched FFTs are not the cost there)
+    plans = _cropped_plans(cut, energy, (nx, ny), s, shape, waves.shape[1]) \
+        if cropped_ifft and device.type == "cpu" else None
     if plans is None:  # the full-grid path (the reference)
         H = transfer_function((nx, ny), s, energy, coeffs, semiangle_cutoff=cut, focal_spread=fs,
                               angular_spread=th, soft_aperture=soft_aperture, device=device)

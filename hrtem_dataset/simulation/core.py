@@ -26,7 +26,7 @@ from ..specs import SimulationSpec
 from .abtem_engine import abtem_version, exit_waves_abtem
 from .phonons import displaced_positions
 from .prismatic_engine import exit_waves_prismatic, prismatic_version
-from .torch_engine import DEFAULT_MAX_MEMORY, multislice, waves_from_arrays
+from .torch_engine import multislice, to_host, waves_from_arrays
 
 ENGINES = ("torch", "abtem", "prismatic")
 
@@ -111,8 +111,8 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
             specimens = []
             for i in members:
                 specimens += waves_from_arrays(configs[i], items[i].numbers)
-            waves = multislice(specimens, cell, sampling, energy, slice_thickness, parametrization, device,
-                               max_memory or DEFAULT_MAX_MEMORY, structure_factors).cpu().numpy()
+            waves = to_host(multislice(specimens, cell, sampling, energy, slice_thickness, parametrization, device,
+                                       max_memory or None, structure_factors))
             start = 0
             for i in members:
                 results[i] = waves[start:start + len(configs[i])]
@@ -174,8 +174,8 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
         configs = _configurations(atoms, spec.phonons, seed, rms)
         specimens = waves_from_arrays(configs, atoms.numbers)
         specimens += waves_from_arrays(particles.positions, particles.numbers)
-        waves = multislice(specimens, cell, spec.sampling, spec.energy, spec.slice_thickness,
-                           spec.parametrization, device, DEFAULT_MAX_MEMORY).cpu().numpy()
+        waves = to_host(multislice(specimens, cell, spec.sampling, spec.energy, spec.slice_thickness,
+                                   spec.parametrization, device))
         scene, part = waves[:-1], waves[-1]
     else:
         scene = simulate_exit_wave(atoms, phonons=spec.phonons, seed=seed, **kwargs)

@@ -15,7 +15,9 @@ are drawn, and the same seed gives identical displacements on every machine.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -23,6 +25,8 @@ from ase.data import chemical_symbols
 from ..errors import InputError
 from ..seeding import derive_seed
 from ..structures.thermal import DEBYE_WALLER_B, FALLBACK_B, default_rms_displacement
+
+PARALLEL_VALUES = 1 << 18  # draw the configurations in threads from this many coordinates in all
 
 __all__ = ["DEBYE_WALLER_B", "FALLBACK_B", "default_rms_displacement", "displaced_positions", "rms_for_numbers"]
 
@@ -51,7 +55,20 @@ def displaced_positions(positions: np.ndarray, numbers: np.ndarray, n_configs: i
     positions = np.asarray(positions, dtype=np.float64)
     sigma = rms_for_numbers(numbers, rms)[:, None]
     out = np.empty((n_configs,) + positions.shape, dtype=np.float64)
-    for i in range(n_configs):
+
+    def draw(i: int) -> None:
         gen = np.random.default_rng(derive_seed(int(seed), "phonons", i))
-        out[i] = positions + gen.standard_normal(positions.shape) * sigma
+        gen.standard_normal(positions.shape, out=out[i])
+        out[i] *= sigma
+        out[i] += positions
+
+    # configurations in threads (numpy's generators and array arithmetic release the GIL): each has its own
+    # generator, so the values do not depend on the number of threads
+    workers = min(n_configs, os.cpu_count() or 1) if positions.size * n_configs >= PARALLEL_VALUES else 1
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-phonons") as pool:
+            list(pool.map(draw, range(n_configs)))
+    else:
+        for i in range(n_configs):
+            draw(i)
     return out
