@@ -4,9 +4,11 @@
 #      training) and tests/test_imaging.py, which parametrizes its device tests over CUDA when present;
 #   2. benchmarks/exit_wave.py --device cuda --batch 16 (1280² reference scene, 16 phonon configurations);
 #   3. benchmarks/imaging.py (CPU and CUDA images/s);
-#   4. benchmarks/segmentation.py (AMP training steps/s: 20 on CUDA, 3 on the CPU; tiled inference).
+#   4. benchmarks/segmentation.py (AMP training steps/s: 20 on CUDA, 3 on the CPU; on-the-fly imaging; tiled inference);
+#   5. benchmarks/pipeline.py --no-dagster on a shard of au-baseline-cpu and 2 structures of au-generalist.
 # Each step has its own time limit, so one hang cannot take the others' results; everything lands in $OUT
-# (env.txt, summary.txt, tests.log, exit_wave.json, imaging.json, segmentation.json, stderr.log: 7 files, within
+# (env.txt, summary.txt, tests.log, exit_wave.json, imaging.json, segmentation.json, pipeline.json (two JSON
+# lines), stderr.log: 8 files, within
 # what the device tool brings back). Missing Python packages
 # travel as wheels in .whl/ (bash benchmarks/gpu_wheels.sh, then carry .whl).
 # Usage (device tool): command "bash benchmarks/gpu_checks.sh", carry [".whl"], timeout_s 560.
@@ -35,9 +37,12 @@ step() {  # step NAME LIMIT_S OUTFILE COMMAND...
   tail -n 3 "/tmp/gpu-checks-$name.err" | sed "s/^/  $name: /"
   { echo "=== $name (rc=$rc)"; tail -n 200 "/tmp/gpu-checks-$name.err"; } >> "$OUT/stderr.log"
 }
-step tests 200 tests.log "$PY" -m pytest -q -p no:cacheprovider -x tests/test_device.py tests/test_imaging.py
+step tests 150 tests.log "$PY" -m pytest -q -p no:cacheprovider -x tests/test_device.py tests/test_imaging.py
 tail -n 5 "$OUT/tests.log"
 # shellcheck disable=SC2086  # word splitting of the override is intended
-step exit_wave 150 exit_wave.json "$PY" benchmarks/exit_wave.py ${EXIT_WAVE_ARGS:---device cuda --batch 16 --no-abtem --repeat 3}
-step imaging 90 imaging.json "$PY" benchmarks/imaging.py --seconds 2 --repeats 2
-step segmentation 90 segmentation.json "$PY" benchmarks/segmentation.py --steps 3
+step exit_wave 90 exit_wave.json "$PY" benchmarks/exit_wave.py ${EXIT_WAVE_ARGS:---device cuda --batch 16 --no-abtem --repeat 3}
+step imaging 60 imaging.json "$PY" benchmarks/imaging.py --seconds 2 --repeats 2
+step segmentation 60 segmentation.json "$PY" benchmarks/segmentation.py --steps 3
+# the pipeline on the GPU (no Dagster there): a shard of au-baseline-cpu, then 2 structures of the paper setting
+step pipeline 150 pipeline.json bash -c "\"$PY\" benchmarks/pipeline.py configs/au-baseline-cpu.yaml --no-dagster \
+  && \"$PY\" benchmarks/pipeline.py configs/au-generalist.yaml --structures 2 --no-dagster"

@@ -96,13 +96,15 @@ def cap_structures(spec, n: int):
     return spec.model_copy(update={"splits": SplitSpec(**splits), "shard_size": n})
 
 
-def _dagster_overhead(src, root: Path, out: Path) -> float:
+def _dagster_overhead(config: str, spec, root: Path, out: Path) -> float:
     import time
 
     import dagster as dg
 
-    from dagster_project.assets import PARTITIONED, build_config_assets, shard_keys
+    from dagster_project.assets import PARTITIONED, build_config_assets, load_config, shard_keys
     from dagster_project.resources import PublishTarget, SimulationEngine, Workspace
+
+    src = dataclasses.replace(load_config(config), spec=spec)
 
     resources = {"workspace": Workspace(root=str(root)), "simulation": SimulationEngine(),
                  "publish_target": PublishTarget(local_dir=str(out))}
@@ -131,11 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     if a.structures is not None and a.structures < 1:
         ap.error("--structures must be >= 1")
 
-    from dagster_project.assets import load_config
     from hrtem_dataset import pipeline as pl
+    from hrtem_dataset.specs import DatasetSpec, load_spec
 
-    src = load_config(a.config)
-    spec = cap_structures(src.spec, a.structures) if a.structures else src.spec
+    full = load_spec(a.config, DatasetSpec)  # Dagster is imported only for its part (a GPU image may lack it)
+    spec = cap_structures(full, a.structures) if a.structures else full
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hrtem-bench-") as tmp:
         root, spec_file = Path(tmp) / "ws", Path(tmp) / "spec.json"
@@ -143,13 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
         plan = pl.plan_structures(spec, root)
         r = {stage: _run_stage(stage, spec_file, root) for stage in STAGES}
         ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
-        overhead = None if a.no_dagster else _dagster_overhead(dataclasses.replace(src, spec=spec), root, Path(tmp) / "out")
+        overhead = None if a.no_dagster else _dagster_overhead(a.config, spec, root, Path(tmp) / "out")
     s, w, i = (r[k]["stats"] for k in STAGES)
     labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
     peak = {k: r[k]["peak_rss"] for k in STAGES}
     mib = 2**20
     return {
-        "config": str(src.path), "kind": spec.kind, "shard_structures": s["structures"],
+        "config": str(a.config), "kind": spec.kind, "shard_structures": s["structures"],
         "structures_cap": a.structures,
         "structures_cap_note": "changes the shard size only: the first N structures of shard 0, same seeds and splits",
         "device": w["device"], "engine": w["engine"], "phonons": spec.simulation.phonons,
