@@ -708,7 +708,10 @@ def to_host(waves: torch.Tensor) -> np.ndarray:
     copy of 16 waves at 1280² took 166 ms on an H200, several times the simulation's device time)."""
     if waves.device.type != "cuda":
         return waves.cpu().numpy()
-    host = torch.empty(waves.shape, dtype=waves.dtype, pin_memory=True)
+    try:
+        host = torch.empty(waves.shape, dtype=waves.dtype, pin_memory=True)
+    except RuntimeError:  # page-locked memory is scarce on some hosts: the pageable copy still works
+        return waves.cpu().numpy()
     host.copy_(waves)
     return host.numpy()
 
