@@ -149,8 +149,8 @@ def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
     atoms = read_structure(spec, i, root)
     sampling, energy = w["sampling"], w["energy"]
     t = time.perf_counter()
-    # on the CPU whatever the simulation's device: the dataset's bytes do not depend on a GPU's presence (CUDA's random
-    # numbers and FFT rounding differ); training on a GPU images exit waves on the fly (models.data.OnTheFlyImaging)
+    # on the CPU whatever the simulation's device: the same exit waves give the same bytes on any machine (CUDA's
+    # random numbers and FFT rounding differ); training on a GPU images exit waves on the fly (OnTheFlyImaging)
     # search the minimum-contrast plane over the particles' heights (faster and never outside them)
     has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
     # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
