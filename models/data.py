@@ -364,9 +364,9 @@ class OnTheFlyImaging:
     def _waves(self, batch: list[WaveSample]) -> torch.Tensor:
         """The batch's waves stacked on the device. On an accelerator each sample's waves are copied there once
         and kept while they fit half the device's free memory (a host stack and copy per batch took 6× a
-        training step on an H200); on the CPU they are used in place."""
+        training step on an H200); elsewhere stacked and moved per batch (in place on the CPU)."""
         if torch.device(self.device).type != "cuda":
-            return torch.from_numpy(np.stack([w.waves for w in batch]))
+            return torch.from_numpy(np.stack([w.waves for w in batch])).to(self.device)
         if self._device_budget is None:
             self._device_budget = int(torch.cuda.mem_get_info(torch.device(self.device))[0] // 2)
         planes = []

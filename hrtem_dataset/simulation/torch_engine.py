@@ -640,9 +640,9 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
     """Band-limited transmission functions of the (slice, member) targets of one chunk.
 
     ``u``, ``atom_plane``: the chunk's atoms (see :func:`_atoms_on_device`; plane indices from 0);
-    ``target_index``: each plane's index among the chunk's sorted targets (on the device). Returns the transmission functions of the T sorted targets as
-    consecutive groups of planes (list of (n_g, nx, ny) complex64, see ``spectra.plane_groups``) and the
-    sorted target keys.
+    ``target_index``: each plane's index among the chunk's sorted targets (on the device). Returns the
+    transmission functions of the T sorted targets as consecutive groups of planes (list of (n_g, nx, ny)
+    complex64, see ``spectra.plane_groups``) and the sorted target keys.
     """
     device = tables.device
     nx, ny = tables.grid.gpts
