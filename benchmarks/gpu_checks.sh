@@ -5,7 +5,8 @@
 #   2. benchmarks/exit_wave.py --device cuda --batch 16 (1280² reference scene, 16 phonon configurations);
 #   3. benchmarks/imaging.py (CPU and CUDA images/s);
 #   4. benchmarks/segmentation.py (AMP training steps/s: 20 on CUDA, 3 on the CPU; on-the-fly imaging; tiled inference);
-#   5. benchmarks/pipeline.py --no-dagster on a shard of au-baseline-cpu and 2 structures of au-generalist.
+#   5. benchmarks/pipeline.py --no-dagster on a shard of au-baseline-cpu and on 4 structures of au-generalist
+#      (built by gpu_wheels.sh into .whl/au-generalist: the image lacks pymatgen).
 # Each step has its own time limit, so one hang cannot take the others' results; everything lands in $OUT
 # (env.txt, summary.txt, tests.log, exit_wave.json, imaging.json, segmentation.json, pipeline.json (two JSON
 # lines), stderr.log: 8 files, within
@@ -43,6 +44,6 @@ tail -n 5 "$OUT/tests.log"
 step exit_wave 90 exit_wave.json "$PY" benchmarks/exit_wave.py ${EXIT_WAVE_ARGS:---device cuda --batch 16 --no-abtem --repeat 3}
 step imaging 60 imaging.json "$PY" benchmarks/imaging.py --seconds 2 --repeats 2
 step segmentation 60 segmentation.json "$PY" benchmarks/segmentation.py --steps 3
-# the pipeline on the GPU (no Dagster there): a shard of au-baseline-cpu, then 2 structures of the paper setting
+# the pipeline on the GPU (no Dagster there): a shard of au-baseline-cpu, then 4 structures of the paper setting
 step pipeline 150 pipeline.json bash -c "\"$PY\" benchmarks/pipeline.py configs/au-baseline-cpu.yaml --no-dagster \
-  && \"$PY\" benchmarks/pipeline.py configs/au-generalist.yaml --structures 2 --no-dagster"
+  && \"$PY\" benchmarks/pipeline.py configs/au-generalist.yaml --structures 4 --workspace .whl/au-generalist --no-dagster"

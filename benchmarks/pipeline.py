@@ -3,6 +3,7 @@ memory per stage), then the same shard as a Dagster partition run with every art
 orchestration overhead of a resumed partition).
 
 Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagster] [--images-workers-ab]
+                                    [--workspace DIR [--structures-only]]
 
 - ``--structures N`` runs only the first N structures of shard 0 (for paper-scale configurations). It
   changes the shard size only: shard 0 becomes the first N structures of the original shard 0, with the
@@ -10,6 +11,11 @@ Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagste
 - ``--no-dagster`` skips the Dagster part (``dagster_resumed_partition_run_s`` is null).
 - ``--images-workers-ab`` reruns the images stage (fresh subprocesses, the same shard) alternately with one
   worker and with its own number, twice each: ``images_workers_ab`` (null without the flag).
+- ``--workspace DIR`` keeps the workspace in DIR instead of a temporary folder; the stages reuse what DIR
+  already holds (``reused`` counts per stage; a reused stage's seconds are those of finding its files). With
+  ``--structures-only`` only the structures stage runs (one JSON line of its stats). Together they let a
+  machine that cannot build the structures (a GPU image without pymatgen) run the other stages on structures
+  built elsewhere: ``labelled_images_per_hour`` then excludes building them (``structures_reused`` > 0).
 
 Timing: each stage's own ``seconds`` (the stage function, without interpreter start-up and imports).
 ``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-dagster", action="store_true", help="skip the Dagster resumed-partition run")
     ap.add_argument("--images-workers-ab", action="store_true",
                     help="also rerun the images stage alternately with its workers and with one (images_workers_ab)")
+    ap.add_argument("--workspace", help="keep the workspace in this folder; the stages reuse what it holds")
+    ap.add_argument("--structures-only", action="store_true", help="with --workspace: build the structures only")
     ap.add_argument("--images-workers", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--spec-file", help=argparse.SUPPRESS)
@@ -132,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         return _child(a.stage, a.spec_file, a.root, a.images_workers)
     if a.structures is not None and a.structures < 1:
         ap.error("--structures must be >= 1")
+    if a.structures_only and not a.workspace:
+        ap.error("--structures-only needs --workspace")
 
     from hrtem_dataset import pipeline as pl
     from hrtem_dataset.specs import DatasetSpec, load_spec
@@ -140,9 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     spec = cap_structures(full, a.structures) if a.structures else full
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hrtem-bench-") as tmp:
-        root, spec_file = Path(tmp) / "ws", Path(tmp) / "spec.json"
+        root = Path(a.workspace) / "ws" if a.workspace else Path(tmp) / "ws"
+        spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(spec.model_dump_json())
         plan = pl.plan_structures(spec, root)
+        if a.structures_only:
+            return {"config": str(a.config), "workspace": str(root), **_run_stage("structures", spec_file, root)}
         r = {stage: _run_stage(stage, spec_file, root) for stage in STAGES}
         ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
         overhead = None if a.no_dagster else _dagster_overhead(a.config, spec, root, Path(tmp) / "out")
@@ -156,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "structures_cap_note": "changes the shard size only: the first N structures of shard 0, same seeds and splits",
         "device": w["device"], "engine": w["engine"], "phonons": spec.simulation.phonons,
         "structures_atoms_per_s": round(s["atoms_per_s"], 1), "structures_s": round(s["seconds"], 3),
+        "structures_reused": s["reused"], "exit_waves_reused": w["reused"], "images_reused": i["reused"],
         "exit_waves_per_s": round(w["waves_per_s"], 3), "simulation_atoms_per_s": round(w["atoms_per_s"], 1),
         "exit_waves_s": round(w["seconds"], 3), "images_per_s": round(i["images_per_s"], 3),
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
