@@ -15,7 +15,8 @@ Usage: python benchmarks/pipeline.py [CONFIG.yaml] [--structures N] [--no-dagste
   already holds (``reused`` counts per stage; a reused stage's seconds are those of finding its files). With
   ``--structures-only`` only the structures stage runs (one JSON line of its stats). Together they let a
   machine that cannot build the structures (a GPU image without pymatgen) run the other stages on structures
-  built elsewhere: ``labelled_images_per_hour`` then excludes building them (``structures_reused`` > 0).
+  built elsewhere: the workspace's plan (``structure_specs.jsonl``) is kept as it is, and
+  ``labelled_images_per_hour`` excludes building the structures (``structures_reused`` > 0).
 
 Timing: each stage's own ``seconds`` (the stage function, without interpreter start-up and imports).
 ``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
@@ -153,7 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(a.workspace) / "ws" if a.workspace else Path(tmp) / "ws"
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(spec.model_dump_json())
-        plan = pl.plan_structures(spec, root)
+        from hrtem_dataset.workspace import structure_specs_path
+
+        # a workspace's plan is kept (planning draws the scenes, whose Wulff shapes need pymatgen)
+        found = a.workspace is not None and structure_specs_path(spec, root).exists()
+        plan = {"seconds": 0.0} if found else pl.plan_structures(spec, root)
         if a.structures_only:
             return {"config": str(a.config), "workspace": str(root), **_run_stage("structures", spec_file, root)}
         r = {stage: _run_stage(stage, spec_file, root) for stage in STAGES}
