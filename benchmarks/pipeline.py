@@ -26,6 +26,14 @@ The images stage images ``images_workers`` structures at once (see ``hrtem_datas
 workers. ``zero_defocus_calibration_share_of_imaging`` (calibration seconds / the stage's work seconds) and
 ``exit_waves_share_of_labelled_stages``: the shares the speed targets are stated in.
 
+FFT floor (CPU): the exit-wave stage counts the FFTs its multislice runs (the engine's phase profiler), then
+runs as many on their own, single-threaded, split over as many threads as it has torch threads
+(``exit_waves_fft_floor``: counts, threads, wall seconds of two runs and their best ``wall_s``); ``exit_waves_over_fft_floor`` is the stage's time
+over that wall time (1.0 = nothing but the transforms the multislice must do), and
+``labelled_images_per_hour_fft_bound`` the labelled images per hour if the exit waves took only that time and
+the structures and images stages none: an upper bound for this configuration on this machine, whatever else
+gets faster. Null on a GPU.
+
 Memory: the plan runs here; each of the three stages runs in a fresh Python subprocess of this script
 (``--stage``) that reads the previous stage's files from the temporary workspace, and reports ``VmHWM``
 (peak resident set size of its own address space, /proc/self/status) after the stage. Not
@@ -47,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 STAGES = ("structures", "exit_waves", "images")
@@ -71,8 +80,61 @@ def _child(stage: str, spec_file: str, root: str, workers: int | None = None) ->
     start = _vm_bytes("VmRSS")
     run = {"structures": pl.build_structures_shard, "exit_waves": pl.simulate_shard, "images": pl.image_shard}
     kw = {"workers": workers, "force": True} if stage == "images" and workers else {}
-    stats = run[stage](spec, 0, root, **kw)
-    print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
+    if stage != "exit_waves":
+        stats = run[stage](spec, 0, root, **kw)
+        print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
+        return
+    from hrtem_dataset.simulation.torch_engine import profile_phases
+
+    with profile_phases() as phases:  # counts the FFTs the multislice runs (a few µs per phase: no slower)
+        stats = run[stage](spec, 0, root, **kw)
+    peak = _vm_bytes("VmHWM")
+    print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": peak,
+                      "fft_floor": _fft_floor(spec, phases) if stats.get("device") == "cpu" else None}, default=str))
+
+
+def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
+    """The exit-wave stage's FFTs (counted by the engine's phase profiler) run on their own: split evenly over
+    as many Python threads as this process has torch threads, each transform single-threaded (as the engine
+    runs them), wall time the best of ``repeat``. The stage's wall time if it did nothing but the transforms the
+    multislice must do, with this machine's real parallel speed-up (2 vCPUs can give far less than 2×)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from hrtem_dataset.device import torch_threads
+    from hrtem_dataset.simulation.torch_engine import Grid
+
+    counts = {"fft2_or_ifft2": sum(v["fft2"] for v in phases.values()),
+              "rfft2": phases.get("structure_factors", {}).get("rfft2", 0),
+              "irfft2": phases.get("potential", {}).get("rfft2", 0)}
+    if not any(counts.values()):
+        return None
+    cell = spec.structures.cell
+    gpts = tuple(Grid.from_sampling((cell.x, cell.y), spec.simulation.sampling).gpts)
+    threads = max(1, torch.get_num_threads())
+
+    def work(k: int) -> None:
+        g = torch.Generator().manual_seed(k)
+        z = torch.randn(gpts, dtype=torch.complex64, generator=g)
+        r = torch.randn(gpts, generator=g)
+        zk = torch.fft.rfft2(r)
+        share = {key: n // threads + (k < n % threads) for key, n in counts.items()}
+        for j in range(share["fft2_or_ifft2"]):
+            torch.fft.ifft2(z, norm="forward") if j % 2 else torch.fft.fft2(z)
+        for _ in range(share["rfft2"]):
+            torch.fft.rfft2(r)
+        for _ in range(share["irfft2"]):
+            torch.fft.irfft2(zk, s=gpts, norm="forward")
+
+    runs = []
+    with torch_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            list(pool.map(work, range(threads)))
+            runs.append(time.perf_counter() - t0)
+    return {"gpts": list(gpts), "count": counts, "threads": threads, "runs_s": [round(t, 3) for t in runs],
+            "wall_s": min(runs)}
 
 
 def _run_stage(stage: str, spec_file: Path, root: Path, workers: int | None = None) -> dict:
@@ -104,8 +166,6 @@ def cap_structures(spec, n: int):
 
 
 def _dagster_overhead(config: str, spec, root: Path, out: Path) -> float:
-    import time
-
     import dagster as dg
 
     from dagster_project.assets import PARTITIONED, build_config_assets, load_config, shard_keys
@@ -165,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
         overhead = None if a.no_dagster else _dagster_overhead(a.config, spec, root, Path(tmp) / "out")
     s, w, i = (r[k]["stats"] for k in STAGES)
+    floor = r["exit_waves"].get("fft_floor")
     labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
     peak = {k: r[k]["peak_rss"] for k in STAGES}
     mib = 2**20
@@ -177,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
         "structures_reused": s["reused"], "exit_waves_reused": w["reused"], "images_reused": i["reused"],
         "exit_waves_per_s": round(w["waves_per_s"], 3), "simulation_atoms_per_s": round(w["atoms_per_s"], 1),
         "exit_waves_s": round(w["seconds"], 3), "images_per_s": round(i["images_per_s"], 3),
+        "exit_waves_fft_floor": None if floor is None else {**floor, "wall_s": round(floor["wall_s"], 3)},
+        "exit_waves_over_fft_floor": round(w["seconds"] / floor["wall_s"], 2) if floor else None,
+        "labelled_images_per_hour_fft_bound": round(i["rows"] / floor["wall_s"] * 3600, 1) if floor else None,
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
         "imaging_work_s": round(i["work_s"], 3), "images_workers": i["workers"], "images_workers_ab": ab,
         "zero_defocus_calibration_share_of_imaging": round(i["calibration_s"] / i["work_s"], 3) if i["work_s"] else None,

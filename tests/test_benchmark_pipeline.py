@@ -68,3 +68,41 @@ def test_images_workers_ab_reruns_the_images_stage_alternately(tmp_path):
     assert len(ab["default_s"]) == len(ab["one_worker_s"]) == 2 and min(ab["default_s"] + ab["one_worker_s"]) > 0
     assert math.isclose(ab["speedup"], statistics.median(ab["one_worker_s"]) / statistics.median(ab["default_s"]),
                         rel_tol=1e-2)
+
+
+def test_fft_floor_counts_the_multislice_transforms(tmp_path):
+    """The exit-wave stage's FFTs are counted by the engine and run on their own: every transmission function is
+    one irfft2 (the potential) and one fft2/ifft2 pair (its band limit), every propagation another pair."""
+    config = write_tiny_config(tmp_path, model=False)
+    out = bench.main([str(config), "--structures", "1", "--no-dagster"])
+    floor = out["exit_waves_fft_floor"]
+    count = floor["count"]
+    assert count["irfft2"] > 0 and count["rfft2"] >= count["irfft2"] // 2
+    assert count["fft2_or_ifft2"] > 2 * count["irfft2"] and count["fft2_or_ifft2"] % 2 == 0
+    assert floor["threads"] == torch.get_num_threads() and len(floor["runs_s"]) == 2
+    assert floor["wall_s"] == min(floor["runs_s"]) > 0
+    assert math.isclose(out["exit_waves_over_fft_floor"], out["exit_waves_s"] / floor["wall_s"], rel_tol=0.02, abs_tol=0.01)
+    assert math.isclose(out["labelled_images_per_hour_fft_bound"], out["labelled_rows"] / floor["wall_s"] * 3600,
+                        rel_tol=1e-3, abs_tol=0.1)
+
+
+def test_workspace_reuses_structures_built_elsewhere(tmp_path, monkeypatch):
+    """--structures-only builds the structures into --workspace; a later run there keeps the plan and the
+    structures (a GPU image without pymatgen cannot plan them) and computes the other stages."""
+    import pytest
+
+    config = write_tiny_config(tmp_path, model=False)
+    ws = tmp_path / "ws"
+    with pytest.raises(SystemExit) as e:
+        bench.main([str(config), "--structures-only"])
+    assert e.value.code == 2
+    built = bench.main([str(config), "--structures", "1", "--workspace", str(ws), "--structures-only"])
+    assert built["stats"]["computed"] == 1
+    plan = next(ws.rglob("structure_specs.jsonl"))
+    before = plan.stat().st_mtime_ns
+    monkeypatch.setattr(pl, "plan_structures", lambda *a, **k: (_ for _ in ()).throw(AssertionError("planned")))
+    out = bench.main([str(config), "--structures", "1", "--workspace", str(ws), "--no-dagster"])
+    assert (out["structures_reused"], out["exit_waves_reused"], out["images_reused"]) == (1, 0, 0)
+    assert plan.stat().st_mtime_ns == before and out["labelled_rows"] == 1
+    again = bench.main([str(config), "--structures", "1", "--workspace", str(ws), "--no-dagster"])
+    assert (again["structures_reused"], again["exit_waves_reused"], again["images_reused"]) == (1, 1, 1)
