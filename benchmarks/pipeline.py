@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
         overhead = None if a.no_dagster else _dagster_overhead(a.config, spec, root, Path(tmp) / "out")
     s, w, i = (r[k]["stats"] for k in STAGES)
+    i = {"calibration_s": 0.0, "work_s": 0.0, "workers": 0, **i}  # a reused images shard reports no work
     floor = r["exit_waves"].get("fft_floor")
     labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
     peak = {k: r[k]["peak_rss"] for k in STAGES}

@@ -83,7 +83,7 @@ def test_fft_floor_counts_the_multislice_transforms(tmp_path):
     assert floor["wall_s"] == min(floor["runs_s"]) > 0
     assert math.isclose(out["exit_waves_over_fft_floor"], out["exit_waves_s"] / floor["wall_s"], rel_tol=0.02, abs_tol=0.01)
     assert math.isclose(out["labelled_images_per_hour_fft_bound"], out["labelled_rows"] / floor["wall_s"] * 3600,
-                        rel_tol=1e-3, abs_tol=0.1)
+                        rel_tol=1e-3 + 5e-4 / floor["wall_s"], abs_tol=0.1)  # wall_s printed to 1 ms
 
 
 def test_workspace_reuses_structures_built_elsewhere(tmp_path, monkeypatch):
