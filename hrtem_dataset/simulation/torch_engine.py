@@ -244,11 +244,7 @@ class _Tables:
         self._deconv = 1.0 / (grid.sampling[0] * grid.sampling[1] * kernel_ft)
         self._form: dict[str, torch.Tensor] = {}
         aperture = antialias_aperture(grid)
-        # the 1/(nx·ny) of every inverse FFT is folded into the tables that multiply the spectra before it (the
-        # form factors, the aperture, the propagators), so the inverse FFTs run unnormalised (norm="forward"):
-        # one pass over the grid less per inverse FFT, the same values to float32 rounding
-        self.inverse_norm = 1.0 / (nx * ny)
-        self.aperture = torch.as_tensor(aperture * self.inverse_norm, dtype=torch.complex64, device=device)
+        self.aperture = torch.as_tensor(aperture, dtype=torch.complex64, device=device)
         # the aperture's support (|k| < k_c, about a third of the grid) with its values and |k|² there: the
         # propagators vanish outside it, so they are evaluated on it only (the same values as
         # fresnel_propagator there, ≈ 3× less work per new Δz than on the whole grid; structures differ in Δz)
@@ -259,17 +255,15 @@ class _Tables:
         self._props: dict[tuple[int, float], torch.Tensor] = {}
 
     def form_factors(self, symbols: Sequence[str]) -> torch.Tensor:
-        """(S, nx, ny//2+1) complex64 (real values): C f_s(k) / (Δx Δy Φ̂), the per-element multiplier, times
-        :attr:`inverse_norm` (for an unnormalised inverse FFT)."""
+        """(S, nx, ny//2+1) complex64 (real values): C f_s(k) / (Δx Δy Φ̂), the per-element multiplier."""
         for s in symbols:
             if s not in self._form:
-                f = self.param.projected_form_factor(s, self._k2) * (self._deconv * self.inverse_norm)
+                f = self.param.projected_form_factor(s, self._k2) * self._deconv
                 self._form[s] = torch.as_tensor(f, dtype=torch.complex64, device=self.device)
         return torch.stack([self._form[s] for s in symbols])
 
     def propagator(self, steps: int, dz: float) -> torch.Tensor:
-        """P(steps·Δz)·A^steps: ``steps`` slice propagations in one (identical to stepping one by one), times
-        :attr:`inverse_norm` (it is followed by an unnormalised inverse FFT)."""
+        """P(steps·Δz)·A^steps: ``steps`` slice propagations in one (identical to stepping one by one)."""
         # keyed by the propagation distance too: Δz = cell height / n slices differs between structures
         key = (int(steps), float(dz))
         if key not in self._props:
@@ -277,7 +271,7 @@ class _Tables:
                 self._props.pop(next(iter(self._props)))
             a = self._support_aperture
             # fresnel_propagator(grid, energy, steps·Δz) · A^(steps−1), on the aperture's support (0 elsewhere)
-            values = _fresnel(self._support_k2, self.energy, steps * dz) * a * a ** (steps - 1) * self.inverse_norm
+            values = _fresnel(self._support_k2, self.energy, steps * dz) * a * a ** (steps - 1)
             p = np.zeros(self.grid.gpts[0] * self.grid.gpts[1], dtype=np.complex64)
             p[self._support] = values
             self._props[key] = torch.as_tensor(p.reshape(self.grid.gpts), device=self.device)
@@ -498,12 +492,12 @@ def _propagate(waves: list[torch.Tensor], step: int, members: np.ndarray, owed: 
             if len(in_g) == part.shape[0] and len(np.unique(owed[in_g])) == 1:
                 b = torch.fft.fft2(part)
                 b.mul_(tables.propagator(int(owed[in_g[0]]), dz))
-                waves[g] = torch.fft.ifft2(b, norm="forward")
+                waves[g] = torch.fft.ifft2(b)
             else:
                 for m in in_g.tolist():
                     b = torch.fft.fft2(part[m % step])
                     b.mul_(tables.propagator(int(owed[m]), dz))
-                    part[m % step] = torch.fft.ifft2(b, norm="forward")
+                    part[m % step] = torch.fft.ifft2(b)
     owed[members] = 0
 
 
@@ -676,13 +670,13 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
         n = g.stop - g.start
         cos, sin = scratch["cos"][:n], scratch["sin"][:n]
         with _phase("potential", rfft2=n):
-            phase = torch.fft.irfft2(vk[g], s=(nx, ny), norm="forward")  # σ v_z
+            phase = torch.fft.irfft2(vk[g], s=(nx, ny))  # σ v_z
         with _phase("transmission", fft2=2 * n):
             torch.cos(phase, out=cos)  # contiguous cos and sin, then interleaved: 2-3× faster than writing
             torch.sin(phase, out=sin)  # into the strided real/imaginary views of a complex tensor
             tk = torch.fft.fft2(torch.complex(cos, sin))
             tk.mul_(tables.aperture)
-            t_parts.append(torch.fft.ifft2(tk, norm="forward"))
+            t_parts.append(torch.fft.ifft2(tk))
         del phase, tk
     return t_parts, targets
 
@@ -706,7 +700,7 @@ def projected_potential(positions: np.ndarray, numbers: np.ndarray, cell: Sequen
     planes, start = np.unique(species[order], return_index=True)
     spectrum = _gridded_spectrum(pos, np.append(start, len(pos)), tables)
     vk = (spectrum * forms[torch.as_tensor(planes)]).sum(0)
-    return torch.fft.irfft2(vk, s=grid.gpts, norm="forward").numpy()
+    return torch.fft.irfft2(vk, s=grid.gpts).numpy()
 
 
 def to_host(waves: torch.Tensor) -> np.ndarray:
