@@ -28,8 +28,9 @@ workers. ``zero_defocus_calibration_share_of_imaging`` (calibration seconds / th
 
 FFT floor (CPU): the exit-wave stage counts the FFTs its multislice runs (the engine's phase profiler), then
 runs as many on their own, single-threaded, split over as many threads as it has torch threads
-(``exit_waves_fft_floor``: counts, threads, wall seconds of two runs and their best ``wall_s``); ``exit_waves_over_fft_floor`` is the stage's time
-over that wall time (1.0 = nothing but the transforms the multislice must do), and
+(``exit_waves_fft_floor``: counts, threads, wall seconds of two runs and their best ``wall_s``);
+``exit_waves_over_fft_floor`` is the stage's time over that wall time (1.0 = nothing but the transforms the
+multislice must do), and
 ``labelled_images_per_hour_fft_bound`` the labelled images per hour if the exit waves took only that time and
 the structures and images stages none: an upper bound for this configuration on this machine, whatever else
 gets faster. Null on a GPU.
@@ -84,10 +85,15 @@ def _child(stage: str, spec_file: str, root: str, workers: int | None = None) ->
         stats = run[stage](spec, 0, root, **kw)
         print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
         return
-    from hrtem_dataset.simulation.torch_engine import profile_phases
-
-    with profile_phases() as phases:  # counts the FFTs the multislice runs (a few µs per phase: no slower)
-        stats = run[stage](spec, 0, root, **kw)
+    try:
+        from hrtem_dataset.simulation.torch_engine import profile_phases
+    except ImportError:  # an older version of the package (A/B runs against earlier commits): no FFT floor
+        profile_phases = None
+    if profile_phases is None:
+        stats, phases = run[stage](spec, 0, root, **kw), {}
+    else:
+        with profile_phases() as phases:  # counts the FFTs the multislice runs (a few µs per phase: no slower)
+            stats = run[stage](spec, 0, root, **kw)
     peak = _vm_bytes("VmHWM")
     print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": peak,
                       "fft_floor": _fft_floor(spec, phases) if stats.get("device") == "cpu" else None}, default=str))
@@ -102,7 +108,6 @@ def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
 
     import torch
 
-    from hrtem_dataset.device import torch_threads
     from hrtem_dataset.simulation.torch_engine import Grid
 
     counts = {"fft2_or_ifft2": sum(v["fft2"] for v in phases.values()),
@@ -120,19 +125,21 @@ def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
         r = torch.randn(gpts, generator=g)
         zk = torch.fft.rfft2(r)
         share = {key: n // threads + (k < n % threads) for key, n in counts.items()}
-        for j in range(share["fft2_or_ifft2"]):
-            torch.fft.ifft2(z, norm="forward") if j % 2 else torch.fft.fft2(z)
+        for j in range(share["fft2_or_ifft2"]):  # as many inverse as forward transforms, as the engine's
+            (torch.fft.ifft2 if j % 2 else torch.fft.fft2)(z)
         for _ in range(share["rfft2"]):
             torch.fft.rfft2(r)
         for _ in range(share["irfft2"]):
-            torch.fft.irfft2(zk, s=gpts, norm="forward")
+            torch.fft.irfft2(zk, s=gpts)
 
     runs = []
-    with torch_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+    torch.set_num_threads(1)  # one thread per transform, as the engine runs them (this child exits after)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(repeat):
             t0 = time.perf_counter()
             list(pool.map(work, range(threads)))
             runs.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
     return {"gpts": list(gpts), "count": counts, "threads": threads, "runs_s": [round(t, 3) for t in runs],
             "wall_s": min(runs)}
 
