@@ -14,6 +14,8 @@
 # travel as wheels in .whl/ (bash benchmarks/gpu_wheels.sh, then carry .whl).
 # Usage (device tool): command "bash benchmarks/gpu_checks.sh", carry [".whl"], timeout_s 560.
 # A dry run on any machine: PYTHON=.venv/bin/python EXIT_WAVE_ARGS="--repeat 1 --no-abtem" bash benchmarks/gpu_checks.sh
+# (move .whl/*.whl aside first when that Python is not 3.12; on a CPU the fifth step's paper-setting run outlasts its
+# 150 s limit — it is sized for the GPU — after the au-baseline-cpu line has landed)
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-checks}"
