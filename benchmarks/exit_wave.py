@@ -77,6 +77,14 @@ def _busy(stop) -> None:  # a CPU-bound competitor (pure Python loop, one core)
         sum(range(10000))
 
 
+def fft_counts(phases: dict) -> dict:
+    """The transforms a run under ``torch_engine.profile_phases`` counted: complex 2-D FFTs (forward and inverse),
+    the structure factors' real FFTs and the potential's inverse real FFTs."""
+    return {"fft2_or_ifft2": sum(v["fft2"] for v in phases.values()),
+            "rfft2": phases.get("structure_factors", {}).get("rfft2", 0),
+            "irfft2": phases.get("potential", {}).get("rfft2", 0)}
+
+
 def fft_reference(gpts, threads: int = 1, repeat: int = 5) -> dict:
     """Seconds of one complex64 fft2, one rfft2 and one irfft2 on ``gpts`` with ``threads`` torch threads (min)."""
     import torch
@@ -186,17 +194,18 @@ def main() -> None:
                          "rfft2": v["rfft2"]} for k, v in phases.items()}
     if not cuda:
         ref_fft = fft_reference(tuple(wave.shape))
-        n_fft2 = sum(v["fft2"] for v in phases.values())
-        n_rfft2 = phases.get("structure_factors", {}).get("rfft2", 0)
-        n_irfft2 = phases.get("potential", {}).get("rfft2", 0)
-        floor = n_fft2 * ref_fft["fft2_s"] + n_rfft2 * ref_fft["rfft2_s"] + n_irfft2 * ref_fft["irfft2_s"]
+        count = fft_counts(phases)
+        floor = (count["fft2_or_ifft2"] * ref_fft["fft2_s"] + count["rfft2"] * ref_fft["rfft2_s"]
+                 + count["irfft2"] * ref_fft["irfft2_s"])
         out["fft_reference_1_thread"] = {k: round(v * 1e3, 2) for k, v in ref_fft.items()} | {"unit": "ms"}
-        out["fft_count"] = {"fft2_or_ifft2": n_fft2, "rfft2": n_rfft2, "irfft2": n_irfft2}
+        out["fft_count"] = count
         out["fft_floor_cpu_s"] = round(floor, 3)
         out["fft_floor_wall_s"] = round(floor / max(args.threads, 1), 3)
         out["torch_over_fft_floor"] = round(out["torch"]["median_s"] / out["fft_floor_wall_s"], 2)
     if args.batch:  # one untimed batch first (memory pools grow to the batch's size), then ``repeat`` timed ones
-        batch_run = lambda: simulate_exit_waves([atoms], phonons=args.batch, seed=0, device=args.device, **kw)  # noqa: E731
+        def batch_run():
+            return simulate_exit_waves([atoms], phonons=args.batch, seed=0, device=args.device, **kw)
+
         out["batch_s_cold"] = round(timed(batch_run, 1)[1][0], 3)
         tb = timed(batch_run, max(args.repeat, 1))[1]
         out["batch"] = args.batch

@@ -46,6 +46,9 @@ tail -n 5 "$OUT/tests.log"
 step exit_wave 90 exit_wave.json "$PY" benchmarks/exit_wave.py ${EXIT_WAVE_ARGS:---device cuda --batch 16 --no-abtem --repeat 3}
 step imaging 60 imaging.json "$PY" benchmarks/imaging.py --seconds 2 --repeats 2
 step segmentation 60 segmentation.json "$PY" benchmarks/segmentation.py --steps 3
-# the pipeline on the GPU (no Dagster there): a shard of au-baseline-cpu, then 4 structures of the paper setting
+# the pipeline on the GPU (no Dagster there): a shard of au-baseline-cpu, then 4 structures of the paper setting, in
+# a copy of the prebuilt workspace (the stages would reuse waves and images written into .whl/ by an earlier run)
+rm -rf /tmp/gpu-checks-au-generalist && cp -r .whl/au-generalist /tmp/gpu-checks-au-generalist 2>/dev/null
 step pipeline 150 pipeline.json bash -c "\"$PY\" benchmarks/pipeline.py configs/au-baseline-cpu.yaml --no-dagster \
-  && \"$PY\" benchmarks/pipeline.py configs/au-generalist.yaml --structures 4 --workspace .whl/au-generalist --no-dagster"
+  && \"$PY\" benchmarks/pipeline.py configs/au-generalist.yaml --structures 4 --workspace /tmp/gpu-checks-au-generalist \
+  --no-dagster"

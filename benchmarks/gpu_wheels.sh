@@ -2,7 +2,7 @@
 # Download, on a machine with pip access, the wheels that a GPU machine's Python 3.12 + PyTorch image lacks for
 # benchmarks/gpu_checks.sh (the packages hrtem_dataset and models import beyond torch, numpy, scipy, timm,
 # safetensors, huggingface_hub, pillow, tifffile, pyyaml, typer, rich, tqdm and pytest), into .whl/ (git-ignored),
-# and the structures of the first 4 structures of configs/au-generalist.yaml into .whl/au-generalist (26 MB: the
+# and the first 4 structures of configs/au-generalist.yaml into .whl/au-generalist (21 MB of the 27: the
 # image lacks pymatgen, which the Wulff shapes need, so gpu_checks.sh runs the paper setting on these).
 # Usage: bash benchmarks/gpu_wheels.sh [PYTHON]   (PYTHON: the pip to download with, default .venv/bin/python)
 set -euo pipefail

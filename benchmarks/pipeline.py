@@ -49,6 +49,7 @@ Prints one JSON object (the machine's load average is in it: timings on a shared
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -81,22 +82,18 @@ def _child(stage: str, spec_file: str, root: str, workers: int | None = None) ->
     start = _vm_bytes("VmRSS")
     run = {"structures": pl.build_structures_shard, "exit_waves": pl.simulate_shard, "images": pl.image_shard}
     kw = {"workers": workers, "force": True} if stage == "images" and workers else {}
-    if stage != "exit_waves":
+    profile = None
+    if stage == "exit_waves":  # counts the FFTs the multislice runs (a few µs per phase: no slower)
+        try:
+            from hrtem_dataset.simulation.torch_engine import profile_phases as profile
+        except ImportError:  # an older version of the package (A/B runs against earlier commits): no FFT floor
+            pass
+    with profile() if profile else contextlib.nullcontext({}) as phases:
         stats = run[stage](spec, 0, root, **kw)
-        print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}, default=str))
-        return
-    try:
-        from hrtem_dataset.simulation.torch_engine import profile_phases
-    except ImportError:  # an older version of the package (A/B runs against earlier commits): no FFT floor
-        profile_phases = None
-    if profile_phases is None:
-        stats, phases = run[stage](spec, 0, root, **kw), {}
-    else:
-        with profile_phases() as phases:  # counts the FFTs the multislice runs (a few µs per phase: no slower)
-            stats = run[stage](spec, 0, root, **kw)
-    peak = _vm_bytes("VmHWM")
-    print(json.dumps({"stats": stats, "import_rss": start, "peak_rss": peak,
-                      "fft_floor": _fft_floor(spec, phases) if stats.get("device") == "cpu" else None}, default=str))
+    out = {"stats": stats, "import_rss": start, "peak_rss": _vm_bytes("VmHWM")}
+    if stage == "exit_waves":
+        out["fft_floor"] = _fft_floor(spec, phases) if stats.get("device") == "cpu" else None
+    print(json.dumps(out, default=str))
 
 
 def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
@@ -107,12 +104,11 @@ def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
+    from exit_wave import fft_counts
 
     from hrtem_dataset.simulation.torch_engine import Grid
 
-    counts = {"fft2_or_ifft2": sum(v["fft2"] for v in phases.values()),
-              "rfft2": phases.get("structure_factors", {}).get("rfft2", 0),
-              "irfft2": phases.get("potential", {}).get("rfft2", 0)}
+    counts = fft_counts(phases)
     if not any(counts.values()):
         return None
     cell = spec.structures.cell
