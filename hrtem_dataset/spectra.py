@@ -73,11 +73,22 @@ def crop_spectrum(spec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return pad
 
 
-def crop_complex_spectrum(spec: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def crop_complex_spectrum(spec: torch.Tensor, shape: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
     """Crop (or zero-pad) a complex ``fft2`` spectrum (…, n_x, n_y) to its ``shape`` (m_x, m_y) lowest
-    frequencies; contiguous."""
-    spec = _crop_rows(spec, int(shape[-2])).transpose(-1, -2)
-    return _crop_rows(spec, int(shape[-1])).transpose(-1, -2).contiguous()
+    frequencies (per axis indices 0…⌈m/2⌉−1 and −⌊m/2⌋…−1); contiguous. One copy per quadrant, into ``out``
+    when given (contiguous, (…, m_x, m_y))."""
+    m = (int(shape[-2]), int(shape[-1]))
+    n = tuple(int(v) for v in spec.shape[-2:])
+    if out is None:
+        out = spec.new_empty((*spec.shape[:-2], *m))
+    if m[0] > n[0] or m[1] > n[1]:
+        out.zero_()
+    # per axis: the first ``lo`` and the last ``hi`` indices of the source go to the same ends of the output
+    (lo_x, hi_x), (lo_y, hi_y) = (((min(m[a], n[a]) + 1) // 2, min(m[a], n[a]) // 2) for a in (0, 1))
+    for (src_x, dst_x) in ((slice(0, lo_x), slice(0, lo_x)), (slice(n[0] - hi_x, n[0]), slice(m[0] - hi_x, m[0]))):
+        for (src_y, dst_y) in ((slice(0, lo_y), slice(0, lo_y)), (slice(n[1] - hi_y, n[1]), slice(m[1] - hi_y, m[1]))):
+            out[..., dst_x, dst_y] = spec[..., src_x, src_y]
+    return out
 
 
 def fourier_crop_complex(waves: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -458,3 +458,63 @@ def test_band_limited_contrast_curve_holds_no_defocus_frequency_above_its_bound(
     assert calibration.scan_stride(300e3, band, 1.0) == 2
     assert calibration.scan_stride(300e3, band, 2.0) == 1
     assert calibration.scan_stride(300e3, 1.0, 1.0) == 8
+
+
+def test_separable_defocus_propagator_equals_the_float64_polar_to_complex64_rounding():
+    """The fast searches' propagator is the outer product of two 1-D exponentials (π λ k² = π λ (k_x² + k_y²));
+    it equals exp(iπλz|k|²) evaluated in float64 on the whole grid to complex64 rounding, over the defocus
+    range a calibration scans (phases up to ≈ 100 rad at the grid's corner)."""
+    from hrtem_dataset.imaging.aberrations import polar_grid
+
+    lam = wavelength(300e3)
+    for shape, sampling in (((192, 160), (1 / 3, 0.4)), ((480, 480), (0.1 / 0.75, 0.1 / 0.75)), ((7, 9), (0.5, 0.3))):
+        alpha, _ = polar_grid(shape, sampling, lam, "cpu")
+        exact_phase = math.pi * lam * (alpha / lam) ** 2  # float64, the grid search's table
+        separable = calibration._defocus_phase(shape, sampling, 300e3, torch.device("cpu"))
+        for dz in (-80.0, -1.0, 0.1, 37.5, 120.0):
+            got = calibration._propagator(separable, dz)
+            want = calibration._propagator(exact_phase, dz)
+            assert got.dtype == torch.complex64 and got.shape == shape
+            assert float((got - want).abs().max()) < 1e-6
+    assert calibration._defocus_phase((480, 480), (0.1, 0.1), 300e3, torch.device("cpu")) is \
+        calibration._defocus_phase((480, 480), (0.1, 0.1), 300e3, torch.device("cpu"))  # cached per grid
+
+
+@pytest.mark.parametrize("n", [(8, 8), (7, 9), (5, 6), (64, 48)])
+def test_crop_complex_spectrum_keeps_the_lowest_frequencies_and_pads_with_zeros(n):
+    """Cropping or zero-padding an fft2 spectrum by quadrant copies: every output frequency index holds the input's
+    value at the same signed frequency (0…⌈m/2⌉−1 and −⌊m/2⌋…−1 per axis) or zero where the input has none; the
+    same bytes with ``out=`` (a reused buffer that held other values)."""
+    from hrtem_dataset.spectra import crop_complex_spectrum
+
+    x = torch.randn(2, *n, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    for m in ((1, 1), (2, 3), (4, 4), (5, 5), (7, 7), (9, 12), (3, 10), (n[0], n[1])):
+        got = crop_complex_spectrum(x, m)
+        want = torch.zeros(2, *m, dtype=torch.complex64)
+        for i in range(m[0]):
+            for j in range(m[1]):
+                fi = i if i < (m[0] + 1) // 2 else i - m[0]  # signed frequency index of output pixel (i, j)
+                fj = j if j < (m[1] + 1) // 2 else j - m[1]
+                if -(n[0] // 2) <= fi < (n[0] + 1) // 2 and -(n[1] // 2) <= fj < (n[1] + 1) // 2:
+                    want[:, i, j] = x[:, fi % n[0], fj % n[1]]
+        assert got.is_contiguous() and torch.equal(got, want), m
+        out = torch.full((2, *m), 7.0 + 7.0j, dtype=torch.complex64)
+        assert crop_complex_spectrum(x, m, out=out) is out and torch.equal(out, want)
+
+
+def test_calibration_scratch_is_reused_per_thread_and_use_without_changing_values():
+    """The evaluations reuse one buffer per (use, grid) and thread across structures; values and the calibrated
+    defocus are the same as with fresh buffers."""
+    atoms, wave, _ = _cluster_in_vacuum()
+    spectrum = torch.fft.fft2(torch.as_tensor(wave)[None])
+    grid = np.arange(*calibration.defocus_search_range(atoms), 1.0)[:7]
+    calibration._SCRATCH.__dict__.clear()
+    first = calibration._cropped_contrast(spectrum, 0.1, 300e3, (480, 480), centred=True)(grid)
+    buffers = dict(calibration._SCRATCH.buffers)
+    assert {k[0] for k in buffers} == {"batch", "crop"}
+    again = calibration._cropped_contrast(spectrum, 0.1, 300e3, (480, 480), centred=True)(grid)
+    assert all(calibration._SCRATCH.buffers[k] is v for k, v in buffers.items())  # no new allocation
+    np.testing.assert_array_equal(first, again)
+    z = calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="parabolic")
+    calibration._SCRATCH.__dict__.clear()
+    assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="parabolic") == z

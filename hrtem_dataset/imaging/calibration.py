@@ -66,11 +66,13 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
+from scipy.fft import next_fast_len
 
 from ..device import resolve_device
 from ..errors import InputError
@@ -115,14 +117,27 @@ def contrast_curve(
     return torch.cat(out).cpu().numpy()
 
 
+class _SeparablePhase:
+    """π λ |k|² [rad/Å] on the unshifted FFT grid ``shape`` as its two axis terms π λ k_x² and π λ k_y²
+    (float64): the defocus propagator exp(iπλz|k|²) is the outer product of two 1-D exponentials, so it costs
+    one complex multiply per pixel instead of a cosine and a sine (and is exact to complex64 rounding)."""
+
+    def __init__(self, shape: tuple[int, int], sampling: tuple[float, float], energy: float, device: torch.device):
+        lam = electron_wavelength(energy)
+        self.axes = tuple(math.pi * lam * torch.fft.fftfreq(n, d=d, dtype=torch.float64, device=device) ** 2
+                          for n, d in zip(shape, sampling, strict=True))
+
+    def propagator(self, dz: float) -> torch.Tensor:
+        ex, ey = (torch.polar(torch.ones_like(a), a * dz).to(torch.complex64) for a in self.axes)
+        return ex[:, None] * ey[None, :]
+
+
 @functools.lru_cache(maxsize=8)
 def _defocus_phase(shape: tuple[int, int], sampling: tuple[float, float], energy: float,
-                   device: torch.device) -> torch.Tensor:
-    """π λ |k|² [rad/Å] in float32 on the unshifted FFT grid ``shape`` (read-only: cached per grid, since
-    every structure of a configuration shares it)."""
-    lam = electron_wavelength(energy)
-    alpha, _ = polar_grid(shape, sampling, lam, device)
-    return (math.pi * lam * (alpha / lam) ** 2).to(torch.float32)
+                   device: torch.device) -> _SeparablePhase:
+    """π λ |k|² of the grid ``shape`` as a :class:`_SeparablePhase` (read-only: cached per grid, since every
+    structure of a configuration shares it)."""
+    return _SeparablePhase(shape, sampling, energy, device)
 
 
 def _uniform_step(phase_per_angstrom: torch.Tensor, defoci: np.ndarray) -> torch.Tensor | None:
@@ -133,13 +148,12 @@ def _uniform_step(phase_per_angstrom: torch.Tensor, defoci: np.ndarray) -> torch
     return _propagator(phase_per_angstrom, float(steps[0])) if uniform else None
 
 
-def _propagator(phase_per_angstrom: torch.Tensor, dz: float) -> torch.Tensor:
-    """exp(−iχ) with χ = π λ k² C10 and C10 = −defocus: exact (float64 phase), then complex64. A float32
-    phase (the fast search's) gives cos + i sin in float32 directly (≈ 5× cheaper than the float64 polar;
-    phase error ≤ 1e-5 rad inside the wave's band over a ±100 Å range)."""
-    if phase_per_angstrom.dtype == torch.float32:
-        arg = phase_per_angstrom * dz
-        return torch.complex(torch.cos(arg), torch.sin(arg))
+def _propagator(phase_per_angstrom, dz: float) -> torch.Tensor:
+    """exp(−iχ) with χ = π λ k² C10 and C10 = −defocus, complex64: from a float64 phase table exactly (the
+    grid search's), from a :class:`_SeparablePhase` as the outer product of its axes' exponentials (the fast
+    searches': ≈ 10× cheaper than a cosine and a sine per pixel)."""
+    if isinstance(phase_per_angstrom, _SeparablePhase):
+        return phase_per_angstrom.propagator(dz)
     return torch.polar(torch.ones_like(phase_per_angstrom), phase_per_angstrom * dz).to(torch.complex64)
 
 
@@ -193,8 +207,6 @@ def particle_windows(atoms, shape: tuple[int, int], sampling: float | Sequence[f
     ``atoms`` (atoms with ``particle_id`` >= 0, grouped by it; each footprint + ``margin`` Å, grown to
     FFT-friendly sizes, overlapping windows merged). ``None`` when the windows would cover more than
     ``max_fraction`` of the field (the full field is then as cheap) or there are no particle atoms."""
-    from scipy.fft import next_fast_len
-
     if atoms is None or "particle_id" not in atoms.arrays:
         return None
     pid = np.asarray(atoms.arrays["particle_id"])
@@ -239,8 +251,8 @@ def particle_windows(atoms, shape: tuple[int, int], sampling: float | Sequence[f
 def _window_contrast(waves, sampling, energy: float, atoms, margin: float, device,
                      spectrum: torch.Tensor | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Σ_w Σ (I − Ī_w)² at each defocus of an array, over the :func:`particle_windows` of ``atoms`` (the
-    full field when there are none; ``spectrum``: the waves' ``fft2`` when already computed). Phases and
-    propagators in float32 (see :func:`_propagator`); each window's intensities are centred in place and
+    full field when there are none; ``spectrum``: the waves' ``fft2`` when already computed). Separable
+    propagators (see :func:`_propagator`); each window's intensities are centred in place and
     reduced with one dot product."""
     dev = resolve_device(device)
     w = phonon_stack(waves, dev, "particle_waves")
@@ -307,6 +319,25 @@ def _vertex_walk(f: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, st
         k = j
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, use: str = "batch") -> torch.Tensor:
+    """A scratch tensor of ``shape`` (at least ``shape[0]`` planes of ``shape[1:]`` kept), one per ``use`` and grid,
+    kept per thread and reused across calls and structures: the evaluations of every structure of a
+    configuration share their grids, and fresh pages cost more than the arithmetic on a 480² plane."""
+    cache = getattr(_SCRATCH, "buffers", None)
+    if cache is None:
+        cache = _SCRATCH.buffers = {}
+    key = (use, tuple(shape[1:]), dtype, str(device))
+    buf = cache.get(key)
+    if buf is None or buf.shape[0] < shape[0]:
+        if len(cache) >= 8:  # a few grids per thread (scan, evaluation): drop the oldest
+            cache.pop(next(iter(cache)))
+        buf = cache[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf[: shape[0]]
+
+
 def _cropped_contrast(spectrum: torch.Tensor, sampling, energy: float, m: tuple[int, int],
                       centred: bool) -> Callable[..., np.ndarray]:
     """Σ I² (``centred``: Σ (I − Ī)²) of the perfect-lens image at each defocus of an array, computed on the
@@ -314,19 +345,18 @@ def _cropped_contrast(spectrum: torch.Tensor, sampling, energy: float, m: tuple[
     frequencies; batches of ``batch_size`` defocus values (one scratch buffer, reused)."""
     s = as_pair(sampling, "sampling")
     n = tuple(int(v) for v in spectrum.shape[-2:])
-    spec = spectrum if m == n else crop_complex_spectrum(spectrum, m)
+    spec = spectrum if m == n else crop_complex_spectrum(
+        spectrum, m, out=_scratch((*spectrum.shape[:-2], *m), spectrum.dtype, spectrum.device, use="crop"))
     grid_sampling = s if m == n else (n[0] * s[0] / m[0], n[1] * s[1] / m[1])  # the same field of view
     phase = _defocus_phase(m, grid_sampling, float(energy), spec.device)
-    buf: list[torch.Tensor | None] = [None]
 
     def evaluate(defoci: np.ndarray, batch_size: int = 16) -> np.ndarray:
         d = np.asarray(defoci, dtype=np.float64).reshape(-1)
         out = []
         for i in range(0, d.size, batch_size):
             part = d[i : i + batch_size]
-            if buf[0] is None or buf[0].shape[0] < part.size:
-                buf[0] = torch.empty((part.size, *spec.shape), dtype=spec.dtype, device=spec.device)
-            inten = _intensities(spec, phase, part, _uniform_step(phase, part), buf[0]).reshape(part.size, -1)
+            buf = _scratch((part.size, *spec.shape), spec.dtype, spec.device)
+            inten = _intensities(spec, phase, part, _uniform_step(phase, part), buf).reshape(part.size, -1)
             if centred:
                 inten -= inten.mean(dim=-1, keepdim=True)
             out.append(torch.linalg.vecdot(inten, inten).to(torch.float64))
@@ -343,8 +373,6 @@ def _band_contrast(spectrum: torch.Tensor, sampling, energy: float,
     that grid holds (|k| up to ⌊m/2⌋ indices per axis, ≥ ``band``; it bounds the curve's frequencies, see
     :func:`scan_stride`). ``None`` when that grid is the waves' own (the band cuts nothing: no cheaper
     proxy)."""
-    from scipy.fft import next_fast_len
-
     s = as_pair(sampling, "sampling")
     n = tuple(int(v) for v in spectrum.shape[-2:])
     m = tuple(min(n[a], next_fast_len(int(math.ceil(2.0 * band * n[a] * s[a])))) for a in (0, 1))
@@ -359,8 +387,6 @@ def _evaluation_grid(spectrum: torch.Tensor, fraction: float = EVALUATION_GRID,
     points per axis, when the waves' spectrum has at most ``tolerance`` of its power outside it (multislice
     exit waves are band-limited to 2/3 of their Nyquist frequency by the antialias aperture), else the waves'
     own grid."""
-    from scipy.fft import next_fast_len
-
     n = tuple(int(v) for v in spectrum.shape[-2:])
     m = tuple(min(n[a], next_fast_len(int(math.ceil(fraction * n[a])))) for a in (0, 1))
     if m == n:
