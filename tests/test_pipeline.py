@@ -324,3 +324,54 @@ def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_p
     for k in grid:
         if k != "rows" and int(k.rsplit("_", 1)[1]) in same:
             assert np.array_equal(grid[k], shards["parabolic"][k]), k
+
+
+def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_path, monkeypatch):
+    """The exit-wave stage reads the next structure and writes the previous waves in one I/O thread while it
+    simulates: the files are the bytes of structure-by-structure runs, and a failed read (or write) of one
+    structure raises its error with the earlier structures' waves complete and nothing of the later ones, no
+    temporaries — what the sequential loop leaves."""
+    from hrtem_dataset.stages import exit_waves as stage
+
+    d = tiny_spec_dict(model=False, train=2, validation=1, test=1, shard_size=4)
+    spec = DatasetSpec.model_validate(d)
+    root = tmp_path / "a"
+    pl.plan_structures(spec, root)
+    pl.build_structures_shard(spec, 0, root)
+    stats = pl.simulate_shard(spec, 0, root)
+    assert stats["computed"] == 4 and stats["reused"] == 0 and stats["exit_waves"] == 4 * (max(spec.simulation.phonons, 1) + 1)
+    one_by_one = {}
+    for i in spec.shard_indices(0):  # the same structures, one stage call each (nothing to overlap)
+        path = pl.waves_path(spec, i, root)
+        data = path.read_bytes()
+        path.unlink()
+        assert pl.simulate_shard(spec, 0, root)["computed"] == 1
+        one_by_one[i] = path.read_bytes()
+        assert one_by_one[i] == data, i
+    assert pl.simulate_shard(spec, 0, root)["reused"] == 4
+
+    waves_dir = pl.waves_path(spec, 0, root).parent
+    original_read, original_write = stage.read_structure, stage._write_waves
+    for broken in ("read", "write"):
+        for p in waves_dir.glob("*.npz"):
+            p.unlink()
+        bad = spec.shard_indices(0)[2]
+
+        def read(spec_, i, root_=None, broken=broken, bad=bad):
+            if broken == "read" and i == bad:
+                raise InputError(f"structure {i}: unreadable")
+            return original_read(spec_, i, root_)
+
+        def write(path, *args, broken=broken, bad=bad):
+            if broken == "write" and path == pl.waves_path(spec, bad, root):
+                raise OSError(f"{path}: disk full")
+            return original_write(path, *args)
+
+        monkeypatch.setattr(stage, "read_structure", read)
+        monkeypatch.setattr(stage, "_write_waves", write)
+        with pytest.raises((InputError, OSError), match="unreadable" if broken == "read" else "disk full"):
+            pl.simulate_shard(spec, 0, root)
+        done = sorted(p.name for p in waves_dir.glob("*.npz"))
+        assert done == [pl.waves_path(spec, i, root).name for i in spec.shard_indices(0)[:2]], broken
+        assert all(pl.waves_path(spec, i, root).read_bytes() == one_by_one[i] for i in spec.shard_indices(0)[:2])
+        assert not list(waves_dir.glob(".*tmp*"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -60,35 +61,49 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
     sim = simulation_settings(spec, engine, device)
     claim_stage_dir(spec, "waves", fingerprints(spec, sim.engine)["waves"], root)
     t0 = time.perf_counter()
-    computed = reused = atoms_done = waves_done = 0
+    computed = atoms_done = waves_done = 0
     engine_version = None
     used_device = sim.device
-    for i in indices:
-        path = waves_path(spec, i, root)
-        if path.exists() and not force:
-            reused += 1
-            continue
-        atoms = read_structure(spec, i, root)
-        out = simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
-        scene = np.asarray(out["scene"], dtype=np.complex64)
-        if scene.ndim == 2:
-            scene = scene[None]
-        particles = np.asarray(out["particles"], dtype=np.complex64)
-        engine_version = str(out.get("engine_version", ""))
-        used_device = str(out.get("device", sim.device))
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, scene=scene, particles=particles,
-                     sampling=np.broadcast_to(np.asarray(out["sampling"], dtype=np.float64), (2,)).copy(),
-                     energy=np.float64(out.get("energy", sim.energy)), gpts=np.asarray(out.get("gpts", scene.shape[1:])),
-                     phonons=np.int64(sim.phonons), engine=np.str_(out.get("engine", sim.engine)),
-                     engine_version=np.str_(engine_version), n_atoms=np.int64(len(atoms)))
-        computed += 1
-        atoms_done += len(atoms) * scene.shape[0]
-        waves_done += scene.shape[0] + 1
+    todo = [i for i in indices if force or not waves_path(spec, i, root).exists()]
+    reused = len(indices) - len(todo)
+    # one I/O thread overlaps reading the next structure and writing the previous waves with the simulation (on a
+    # GPU the stage is mostly such host work); it runs its tasks in submission order, at most one write is in
+    # flight, and a failed read or write is raised here (the with-block lets a submitted write finish first, so
+    # the files on disk are those the sequential loop would have left)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrtem-waves-io") as io:
+        reading = io.submit(read_structure, spec, todo[0], root) if todo else None
+        writing = None
+        for k, i in enumerate(todo):
+            atoms = reading.result()
+            reading = io.submit(read_structure, spec, todo[k + 1], root) if k + 1 < len(todo) else None
+            out = simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+            scene = np.asarray(out["scene"], dtype=np.complex64)
+            if scene.ndim == 2:
+                scene = scene[None]
+            engine_version = str(out.get("engine_version", ""))
+            used_device = str(out.get("device", sim.device))
+            if writing is not None:
+                writing.result()
+            writing = io.submit(_write_waves, waves_path(spec, i, root), scene, out, sim, len(atoms), engine_version)
+            computed += 1
+            atoms_done += len(atoms) * scene.shape[0]
+            waves_done += scene.shape[0] + 1
+        if writing is not None:
+            writing.result()
     dt = time.perf_counter() - t0
     return {"shard": int(shard), "structures": len(indices), "computed": computed, "reused": reused,
             "engine": sim.engine, "engine_version": engine_version, "device": used_device, "seconds": dt,
             "exit_waves": waves_done, "waves_per_s": rate(waves_done, dt), "atoms_per_s": rate(atoms_done, dt)}
+
+
+def _write_waves(path, scene: np.ndarray, out: dict, sim, n_atoms: int, engine_version: str) -> None:
+    """One structure's waves file (the module's format), written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, scene=scene, particles=np.asarray(out["particles"], dtype=np.complex64),
+                 sampling=np.broadcast_to(np.asarray(out["sampling"], dtype=np.float64), (2,)).copy(),
+                 energy=np.float64(out.get("energy", sim.energy)), gpts=np.asarray(out.get("gpts", scene.shape[1:])),
+                 phonons=np.int64(sim.phonons), engine=np.str_(out.get("engine", sim.engine)),
+                 engine_version=np.str_(engine_version), n_atoms=np.int64(n_atoms))
 
 
 def load_waves(spec: DatasetSpec, index: int, root=None) -> dict[str, Any]:
