@@ -46,18 +46,22 @@ def fft2(x: torch.Tensor, *, inverse: bool = False, out: torch.Tensor | None = N
     return out
 
 
+def _band_slices(n: int, m: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(source, destination) slices along one unshifted FFT axis of length ``n`` cut (or zero-padded) to ``m``:
+    the lowest frequencies 0..⌈k/2⌉−1 and −⌊k/2⌋..−1, k = min(n, m), keep their ends of the axis."""
+    k = min(n, m)
+    return (slice(0, (k + 1) // 2),) * 2, (slice(n - k // 2, n), slice(m - k // 2, m))
+
+
 def _crop_rows(spec: torch.Tensor, m: int) -> torch.Tensor:
     """Keep the m lowest frequencies along dim −2 of an (unshifted) FFT axis: 0..⌈m/2⌉−1 and −⌊m/2⌋..−1
     (zero-padding when m exceeds the input length)."""
     n = spec.shape[-2]
-    pos = (m + 1) // 2
-    neg = m // 2
     if m <= n:
-        return torch.cat([spec[..., :pos, :], spec[..., n - neg :, :]], dim=-2)
+        return torch.cat([spec[..., src, :] for src, _ in _band_slices(n, m)], dim=-2)
     out = spec.new_zeros((*spec.shape[:-2], m, spec.shape[-1]))
-    npos, nneg = (n + 1) // 2, n // 2
-    out[..., :npos, :] = spec[..., :npos, :]
-    out[..., m - nneg :, :] = spec[..., n - nneg :, :]
+    for src, dst in _band_slices(n, m):
+        out[..., dst, :] = spec[..., src, :]
     return out
 
 
@@ -83,10 +87,8 @@ def crop_complex_spectrum(spec: torch.Tensor, shape: Sequence[int], out: torch.T
         out = spec.new_empty((*spec.shape[:-2], *m))
     if m[0] > n[0] or m[1] > n[1]:
         out.zero_()
-    # per axis: the first ``lo`` and the last ``hi`` indices of the source go to the same ends of the output
-    (lo_x, hi_x), (lo_y, hi_y) = (((min(m[a], n[a]) + 1) // 2, min(m[a], n[a]) // 2) for a in (0, 1))
-    for (src_x, dst_x) in ((slice(0, lo_x), slice(0, lo_x)), (slice(n[0] - hi_x, n[0]), slice(m[0] - hi_x, m[0]))):
-        for (src_y, dst_y) in ((slice(0, lo_y), slice(0, lo_y)), (slice(n[1] - hi_y, n[1]), slice(m[1] - hi_y, m[1]))):
+    for src_x, dst_x in _band_slices(n[0], m[0]):
+        for src_y, dst_y in _band_slices(n[1], m[1]):
             out[..., dst_x, dst_y] = spec[..., src_x, src_y]
     return out
 
