@@ -327,6 +327,11 @@ class StructureDistributionSpec(Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+ENGINE_ANTIALIASES_TRANSMISSION = {"torch": False, "abtem": True, "prismatic": False}
+"""Whether each engine band-limits the transmission functions when ``antialias_transmission`` is null (abTEM
+always does, Prismatic never; the torch engine does either)."""
+
+
 class SimulationSpec(Strict):
     engine: Literal["torch", "abtem", "prismatic"] = "torch"
     energy: float = Field(300e3, ge=10e3, le=3e6, description="beam energy, eV")
@@ -335,6 +340,18 @@ class SimulationSpec(Strict):
     parametrization: Literal["lobato", "kirkland"] = "lobato"
     phonons: int = Field(1, ge=0, le=256, description="frozen-phonon configurations (0 = static lattice)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    antialias_transmission: bool | None = Field(
+        None, description="band-limit each slice's transmission function to the antialias aperture before it "
+        "multiplies the wave (abTEM's scheme: one FFT pair more per slice and wave) or not (Prismatic's: closer "
+        "to converged runs at 0.1–0.2 Å); null = the engine's own (torch: false, abTEM: true, Prismatic: false)")
+
+    @model_validator(mode="after")
+    def _engine_scheme(self) -> SimulationSpec:
+        own = ENGINE_ANTIALIASES_TRANSMISSION[self.engine]
+        if self.antialias_transmission not in (None, own) and self.engine != "torch":
+            raise ValueError(f"antialias_transmission: {self.engine} {'always' if own else 'never'} band-limits "
+                             f"the transmission functions (set it to null or {str(own).lower()})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------

@@ -72,13 +72,14 @@ def test_images_workers_ab_reruns_the_images_stage_alternately(tmp_path):
 
 def test_fft_floor_counts_the_multislice_transforms(tmp_path):
     """The exit-wave stage's FFTs are counted by the engine and run on their own: every transmission function is
-    one irfft2 (the potential) and one fft2/ifft2 pair (its band limit), every propagation another pair."""
+    one irfft2 (the potential; used as it is, the default scheme: no band-limiting pair), every propagation one
+    fft2/ifft2 pair (a wave's last propagation, after its last non-empty slice, one more)."""
     config = write_tiny_config(tmp_path, model=False)
     out = bench.main([str(config), "--structures", "1", "--no-dagster"])
     floor = out["exit_waves_fft_floor"]
     count = floor["count"]
     assert count["irfft2"] > 0 and count["rfft2"] >= count["irfft2"] // 2
-    assert count["fft2_or_ifft2"] > 2 * count["irfft2"] and count["fft2_or_ifft2"] % 2 == 0
+    assert 2 * count["irfft2"] <= count["fft2_or_ifft2"] < 4 * count["irfft2"] and count["fft2_or_ifft2"] % 2 == 0
     assert floor["threads"] == torch.get_num_threads() and len(floor["runs_s"]) == 2
     assert floor["wall_s"] == min(floor["runs_s"]) > 0
     # both seconds are printed rounded to 1 ms (h) and the ratio to 0.01: the printed ratio lies in

@@ -301,7 +301,7 @@ def test_shipped_configurations_are_valid():
              if p.stem in ("au-baseline", "defocus-series", "dose-series", "structure-series", "exit-waves")}
     assert len(specs) == 5
     assert {s.config_name for s in specs.values()} == set(specs)
-    assert {(s.name, s.version) for s in specs.values()} == {("hrtem-au-carbon", "0.1.0")}  # one folder
+    assert {(s.name, s.version) for s in specs.values()} == {("hrtem-au-carbon", "0.2.0")}  # one folder
     assert len({s.seed for s in specs.values()}) == 5  # distinct structures per configuration
     series = specs["defocus-series"].imaging.series
     assert series.param == "defocus" and series.values == [float(v) for v in range(-250, 251, 50)]

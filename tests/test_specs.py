@@ -141,6 +141,9 @@ def test_dataset_spec_embeds_structures_and_rejects_bad_values():
     assert "name" in _one_line_error({"name": "Bad Name"}, DatasetSpec)
     assert "structures.cell.y" in _one_line_error({"name": "x", "structures": {"cell": {"x": 10, "y": 0}}}, DatasetSpec)
     assert "energy" in _one_line_error({"energy": 1.0}, SimulationSpec)
+    msg = _one_line_error({"name": "x", "simulation": {"engine": "abtem", "antialias_transmission": False}}, DatasetSpec)
+    assert "simulation" in msg and "antialias_transmission: abtem always band-limits" in msg
+    assert "prismatic never" in _one_line_error({"engine": "prismatic", "antialias_transmission": True}, SimulationSpec)
     assert spec.hash() == validate_spec({"name": "hrtem-au", "structures": {"n_particles": {"min": 1, "max": 2}}},
                                         DatasetSpec).hash()
 

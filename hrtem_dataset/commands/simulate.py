@@ -64,6 +64,10 @@ def simulate_command(
     parametrization: str = typer.Option("lobato", "--parametrization", help="lobato | kirkland"),
     device: str = device_option(simulation=True),
     seed: int = typer.Option(0, "--seed", help="seed of the frozen-phonon displacements"),
+    antialias_transmission: bool | None = typer.Option(
+        None, "--antialias-transmission/--no-antialias-transmission",
+        help="band-limit each slice's transmission function (abTEM's scheme) or not (Prismatic's); default: the "
+        "engine's own (torch: not)"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Simulate the exit waves of a scene and of its particles alone (for labels); progress per stage on
@@ -73,11 +77,12 @@ def simulate_command(
     progress.set_enabled(not quiet)
     with progress.display():
         _simulate(scene, out, engine.value, energy, sampling, slice_thickness, phonons, parametrization, device,
-                  seed)
+                  seed, antialias_transmission)
 
 
 def _simulate(scene: Path, out: Path, engine: str, energy: float, sampling: float, slice_thickness: float,
-              phonons: int, parametrization: str, device: str, seed: int) -> None:
+              phonons: int, parametrization: str, device: str, seed: int,
+              antialias_transmission: bool | None = None) -> None:
     import numpy as np
     from pydantic import ValidationError
 
@@ -91,7 +96,8 @@ def _simulate(scene: Path, out: Path, engine: str, energy: float, sampling: floa
     check_output_file(out)
     try:
         spec = SimulationSpec(engine=engine, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
-                              parametrization=parametrization, phonons=phonons, device=device)
+                              parametrization=parametrization, phonons=phonons, device=device,
+                              antialias_transmission=antialias_transmission)
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, "simulate")) from None
     from .. import progress

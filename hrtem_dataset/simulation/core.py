@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..device import resolve_device
 from ..errors import InputError, format_validation_error
-from ..specs import SimulationSpec
+from ..specs import ENGINE_ANTIALIASES_TRANSMISSION, SimulationSpec
 from .abtem_engine import abtem_version, exit_waves_abtem
 from .phonons import displaced_positions
 from .prismatic_engine import exit_waves_prismatic, prismatic_version
@@ -46,7 +46,7 @@ def _check_atoms(atoms: Any, what: str = "atoms") -> np.ndarray:
 
 
 def _check_settings(energy: float, sampling: float, slice_thickness: float, parametrization: str,
-                    engine: str, phonons: int) -> None:
+                    engine: str, phonons: int, antialias_transmission: bool | None = None) -> None:
     """The bounds of :class:`~hrtem_dataset.specs.SimulationSpec` (one place for them), for callers of the
     function API that pass plain numbers; :class:`InputError` naming the field."""
     if isinstance(phonons, float | np.floating) and float(phonons).is_integer():
@@ -55,7 +55,8 @@ def _check_settings(energy: float, sampling: float, slice_thickness: float, para
         phonons = int(phonons)
     try:
         SimulationSpec(energy=float(energy), sampling=float(sampling), slice_thickness=float(slice_thickness),
-                       parametrization=parametrization, engine=engine, phonons=phonons)
+                       parametrization=parametrization, engine=engine, phonons=phonons,
+                       antialias_transmission=antialias_transmission)
     except ValidationError as exc:
         raise InputError(format_validation_error(exc)) from None
 
@@ -65,6 +66,14 @@ def _configurations(atoms: Atoms, phonons: int, seed: int, rms) -> np.ndarray:
     if phonons == 0:
         return np.asarray(atoms.positions, dtype=np.float64)[None]
     return displaced_positions(atoms.positions, atoms.numbers, int(phonons), int(seed), rms)
+
+
+def transmission_antialiased(engine: str, antialias_transmission: bool | None = None) -> bool:
+    """The transmission scheme ``engine`` runs with ``antialias_transmission`` (``None``: the engine's own, see
+    :data:`~hrtem_dataset.specs.ENGINE_ANTIALIASES_TRANSMISSION`; validated with the other settings)."""
+    if antialias_transmission is None:
+        return ENGINE_ANTIALIASES_TRANSMISSION[engine]
+    return bool(antialias_transmission)
 
 
 def engine_version(engine: str) -> str:
@@ -82,7 +91,8 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
                         slice_thickness: float = 2.0, parametrization: str = "lobato", engine: str = "torch",
                         phonons: int = 0, seed: int | Sequence[int] = 0, device: str = "cpu",
                         rms: Mapping[str, float] | float | None = None, max_memory: int | None = None,
-                        structure_factors: str = "nufft") -> list[np.ndarray]:
+                        structure_factors: str = "nufft",
+                        antialias_transmission: bool | None = None) -> list[np.ndarray]:
     """Batched exit waves: one complex64 array per structure, (nx, ny) or (phonons, nx, ny).
 
     All phonon configurations of all structures that share a cell run through the torch engine as one
@@ -90,11 +100,14 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
     structure; configuration i of a structure uses ``derive_seed(seed, "phonons", i)``. ``rms``
     overrides the per-element RMS displacements (Å, see :func:`.phonons.default_rms_displacement`).
     ``structure_factors`` (torch engine only): "nufft" (default), "exact" (1.5× oversampled gridding) or
-    "bilinear" (abTEM's discretisation), see :class:`.torch_engine._Tables`.
+    "bilinear" (abTEM's discretisation), see :class:`.torch_engine._Tables`. ``antialias_transmission``:
+    band-limit each slice's transmission function before it multiplies the wave (abTEM's scheme) or not
+    (Prismatic's); ``None`` = the engine's own (torch: not, see :mod:`.torch_engine` for why).
     """
     single = isinstance(structures, Atoms)
     items = [structures] if single else list(structures)
-    _check_settings(energy, sampling, slice_thickness, parametrization, engine, phonons)
+    _check_settings(energy, sampling, slice_thickness, parametrization, engine, phonons, antialias_transmission)
+    antialias = transmission_antialiased(engine, antialias_transmission)
     seeds = [int(seed)] * len(items) if isinstance(seed, int | np.integer) else [int(s) for s in seed]
     if len(seeds) != len(items):
         raise InputError(f"seed: {len(seeds)} seeds for {len(items)} structures")
@@ -112,7 +125,7 @@ def simulate_exit_waves(structures: Atoms | Sequence[Atoms], energy: float = 300
             for i in members:
                 specimens += waves_from_arrays(configs[i], items[i].numbers)
             waves = to_host(multislice(specimens, cell, sampling, energy, slice_thickness, parametrization, device,
-                                       max_memory or None, structure_factors))
+                                       max_memory or None, structure_factors, antialias))
             start = 0
             for i in members:
                 results[i] = waves[start:start + len(configs[i])]
@@ -159,14 +172,16 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
     ``spec`` is a :class:`~hrtem_dataset.specs.SimulationSpec`; ``device="auto"`` uses CUDA when available.
     Returns ``scene`` complex64 (P, nx, ny) with P = max(phonons, 1), ``particles`` complex64 (nx, ny),
     ``sampling`` (Δx, Δy) Å, ``energy`` eV, ``engine``, ``engine_version``, ``gpts``, and the settings.
-    With the torch engine both passes run as one batch.
+    With the torch engine both passes run as one batch. ``antialias_transmission``: the scheme the engine ran
+    (see :func:`transmission_antialiased`).
     """
 
     cell = _check_atoms(atoms)
     device = str(resolve_device(spec.device)) if spec.engine == "torch" else (
         "cuda" if spec.device == "auto" and _cuda_available() else ("cpu" if spec.device == "auto" else spec.device))
     particles = particle_only(atoms)
-    kwargs = dict(energy=spec.energy, sampling=spec.sampling, slice_thickness=spec.slice_thickness,
+    antialias = transmission_antialiased(spec.engine, spec.antialias_transmission)
+    kwargs = dict(antialias_transmission=antialias, energy=spec.energy, sampling=spec.sampling, slice_thickness=spec.slice_thickness,
                   parametrization=spec.parametrization, engine=spec.engine, device=device, rms=rms)
     if spec.engine == "torch":
         _check_settings(spec.energy, spec.sampling, spec.slice_thickness, spec.parametrization, "torch",
@@ -175,7 +190,7 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
         specimens = waves_from_arrays(configs, atoms.numbers)
         specimens += waves_from_arrays(particles.positions, particles.numbers)
         waves = to_host(multislice(specimens, cell, spec.sampling, spec.energy, spec.slice_thickness,
-                                   spec.parametrization, device))
+                                   spec.parametrization, device, antialias_transmission=antialias))
         scene, part = waves[:-1], waves[-1]
     else:
         scene = simulate_exit_wave(atoms, phonons=spec.phonons, seed=seed, **kwargs)
@@ -191,6 +206,7 @@ def simulate_scene(atoms: Atoms, spec, seed: int, rms: Mapping[str, float] | Non
         "gpts": tuple(int(g) for g in scene.shape[-2:]),
         "slice_thickness": float(spec.slice_thickness),
         "parametrization": spec.parametrization,
+        "antialias_transmission": antialias,
         "phonons": int(spec.phonons),
         "seed": int(seed),
         "device": device,

@@ -3,8 +3,9 @@
 Format — ``waves/<structure_id>.npz`` (pickle-free), one file per structure:
 ``scene`` complex64 (P, nx, ny), the full scene, P = max(phonons, 1) frozen-phonon configurations;
 ``particles`` complex64 (nx, ny), the particle atoms alone in vacuum on a static lattice (the label
-source); ``sampling`` (Å, per axis), ``energy`` (eV), ``gpts``, ``phonons``, ``engine``, ``engine_version``
-and ``n_atoms``. Seed: ``derive_seed(seed, "simulation", i)``. The engine is part of the stage fingerprint,
+source); ``sampling`` (Å, per axis), ``energy`` (eV), ``gpts``, ``phonons``, ``engine``, ``engine_version``,
+``n_atoms`` and ``antialias_transmission`` (the transmission scheme the engine ran; absent in files written
+before 0.2.0, which all band-limited the transmission functions). Seed: ``derive_seed(seed, "simulation", i)``. The engine is part of the stage fingerprint,
 the device is not (it changes speed, not physics).
 
 Checks and their tolerances:
@@ -103,7 +104,8 @@ def _write_waves(path, scene: np.ndarray, out: dict, sim, n_atoms: int, engine_v
                  sampling=np.broadcast_to(np.asarray(out["sampling"], dtype=np.float64), (2,)).copy(),
                  energy=np.float64(out.get("energy", sim.energy)), gpts=np.asarray(out.get("gpts", scene.shape[1:])),
                  phonons=np.int64(sim.phonons), engine=np.str_(out.get("engine", sim.engine)),
-                 engine_version=np.str_(engine_version), n_atoms=np.int64(n_atoms))
+                 engine_version=np.str_(engine_version), n_atoms=np.int64(n_atoms),
+                 antialias_transmission=np.bool_(out.get("antialias_transmission", False)))
 
 
 def load_waves(spec: DatasetSpec, index: int, root=None) -> dict[str, Any]:
@@ -117,6 +119,7 @@ def load_waves(spec: DatasetSpec, index: int, root=None) -> dict[str, Any]:
         out[k] = str(out[k])
     out["energy"] = float(out["energy"])
     out["phonons"] = int(out["phonons"])
+    out["antialias_transmission"] = bool(out.get("antialias_transmission", True))  # files before 0.2.0: True
     out["sampling"] = tuple(float(s) for s in out["sampling"])
     return out
 

@@ -31,6 +31,7 @@ from ..imaging.aberrations import (
 from ..imaging.ctf import transfer_function
 from ..simulation import simulate_exit_wave, wavelength
 from ..simulation.prismatic_engine import available, fourier_resample
+from ..specs import ENGINE_ANTIALIASES_TRANSMISSION
 
 SAMPLINGS = (0.2, 0.1, 0.05, 0.025)  # Å, coarse -> fine; the finest is the reference
 SLICES = (4.0, 2.0, 1.0, 0.5)  # Å, thick -> thin; the thinnest is the reference
@@ -82,10 +83,11 @@ def image_error(img: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(img - ref) / np.linalg.norm(ref - ref.mean()))
 
 
-def _wave(atoms, *, energy, sampling, slice_thickness, parametrization, engine="torch", phonons=0, seed=0):
+def _wave(atoms, *, energy, sampling, slice_thickness, parametrization, engine="torch", phonons=0, seed=0,
+          antialias_transmission=None):
     return simulate_exit_wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
                               parametrization=parametrization, engine=engine, phonons=phonons, seed=seed,
-                              device="cpu")
+                              device="cpu", antialias_transmission=antialias_transmission)
 
 
 def available_engines() -> list[str]:
@@ -110,18 +112,30 @@ def engine_comparison(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1
                       engines: Sequence[str] | None = None) -> dict:
     """Exit waves of the installed engines on the same atoms (Kirkland, static lattice: Prismatic's only
     parametrization), and the relative L2 of every pair; ``ratio_prismatic_abtem`` = (torch vs
-    Prismatic) / (torch vs abTEM) when both ran."""
+    Prismatic) / (torch vs abTEM) when both ran. The torch engine meets each other engine in that engine's
+    transmission scheme (abTEM band-limits the transmission functions, Prismatic does not: see
+    :data:`~hrtem_dataset.specs.ENGINE_ANTIALIASES_TRANSMISSION`), so a pair measures the implementations, not
+    the schemes; abTEM vs Prismatic differ in both."""
     engines = list(engines or available_engines())
     waves, seconds = {}, {}
+    kw = dict(energy=energy, sampling=sampling, slice_thickness=slice_thickness, parametrization="kirkland")
     for e in engines:
         t0 = time.perf_counter()
-        waves[e] = _wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
-                         parametrization="kirkland", engine=e)
+        waves[e] = _wave(atoms, engine=e, **kw)
         seconds[e] = time.perf_counter() - t0
+    own = ENGINE_ANTIALIASES_TRANSMISSION["torch"]
+    torch_in = {own: waves["torch"]} if "torch" in waves else {}  # the torch engine's waves per scheme
+
+    def torch_wave(scheme: bool):
+        if scheme not in torch_in:
+            torch_in[scheme] = _wave(atoms, antialias_transmission=scheme, **kw)
+        return torch_in[scheme]
+
     pairs = {}
     for i, a in enumerate(engines):
         for b in engines[i + 1:]:
-            pairs[f"{a}_vs_{b}"] = rel_l2(waves[b], waves[a])
+            wa = torch_wave(ENGINE_ANTIALIASES_TRANSMISSION[b]) if a == "torch" else waves[a]
+            pairs[f"{a}_vs_{b}"] = rel_l2(waves[b], wa)
     out = {"engines": engines, "n_atoms": len(atoms), "cell": [float(c) for c in atoms.cell.lengths()],
            "gpts": list(waves["torch"].shape), "rel_l2": pairs, "seconds": seconds}
     if "torch_vs_abtem" in pairs and "torch_vs_prismatic" in pairs:
@@ -131,12 +145,14 @@ def engine_comparison(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1
 
 
 def sampling_convergence(atoms: Atoms, energy: float = 300e3, slice_thickness: float = 2.0,
-                         parametrization: str = "lobato", samplings: Sequence[float] = SAMPLINGS) -> dict:
+                         parametrization: str = "lobato", samplings: Sequence[float] = SAMPLINGS,
+                         antialias_transmission: bool | None = None) -> dict:
     """Exit-wave and image error of each sampling against the finest one (same slice thickness)."""
     samplings = sorted({float(s) for s in samplings}, reverse=True)
     cell = [float(c) for c in atoms.cell.lengths()]
     waves = {s: _wave(atoms, energy=energy, sampling=s, slice_thickness=slice_thickness,
-                      parametrization=parametrization) for s in samplings}
+                      parametrization=parametrization, antialias_transmission=antialias_transmission)
+             for s in samplings}
     ref_s = samplings[-1]
     ref_img = image(waves[ref_s], cell[0] / waves[ref_s].shape[0], energy)
     rows = []
@@ -150,12 +166,13 @@ def sampling_convergence(atoms: Atoms, energy: float = 300e3, slice_thickness: f
 
 
 def slice_convergence(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1, parametrization: str = "lobato",
-                      slices: Sequence[float] = SLICES) -> dict:
+                      slices: Sequence[float] = SLICES, antialias_transmission: bool | None = None) -> dict:
     """Exit-wave and image error of each slice thickness against the thinnest one (same sampling)."""
     slices = sorted({float(s) for s in slices}, reverse=True)
     cell = [float(c) for c in atoms.cell.lengths()]
     waves = {dz: _wave(atoms, energy=energy, sampling=sampling, slice_thickness=dz,
-                       parametrization=parametrization) for dz in slices}
+                       parametrization=parametrization, antialias_transmission=antialias_transmission)
+             for dz in slices}
     ref = waves[slices[-1]]
     s = cell[0] / ref.shape[0]
     ref_img = image(ref, s, energy)
@@ -167,15 +184,16 @@ def slice_convergence(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1
 
 def settings_error(atoms: Atoms, energy: float, sampling: float, slice_thickness: float,
                    parametrization: str = "lobato", converged_sampling: float = SAMPLINGS[-1],
-                   converged_slice: float = SLICES[-1]) -> dict:
+                   converged_slice: float = SLICES[-1], antialias_transmission: bool | None = None) -> dict:
     """Exit-wave and image error of a run at (``sampling``, ``slice_thickness``) against the converged run
     at (``converged_sampling``, ``converged_slice``): what the blocking check bounds."""
     cell = [float(c) for c in atoms.cell.lengths()]
     t0 = time.perf_counter()
     w = _wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
-              parametrization=parametrization)
+              parametrization=parametrization, antialias_transmission=antialias_transmission)
     ref = _wave(atoms, energy=energy, sampling=min(converged_sampling, sampling),
-                slice_thickness=min(converged_slice, slice_thickness), parametrization=parametrization)
+                slice_thickness=min(converged_slice, slice_thickness), parametrization=parametrization,
+                antialias_transmission=antialias_transmission)
     img = image(w, cell[0] / w.shape[0], energy)
     ref_img = image(ref, cell[0] / ref.shape[0], energy)
     return {"sampling": float(sampling), "slice_thickness": float(slice_thickness),
@@ -186,15 +204,41 @@ def settings_error(atoms: Atoms, energy: float, sampling: float, slice_thickness
             "seconds": time.perf_counter() - t0}
 
 
+def transmission_schemes(atoms: Atoms, energy: float = 300e3, slice_thickness: float = 2.0,
+                         parametrization: str = "lobato", samplings: Sequence[float] = SAMPLINGS) -> dict:
+    """The sampling series in both transmission schemes: exit-wave and image error of each sampling with the
+    transmission functions used as they are (``as_is``, Prismatic's scheme) and band-limited to the antialias
+    aperture (``antialiased``, abTEM's), each against the finest sampling's run in its own scheme;
+    ``reference_difference``: the two finest runs' difference (how close the schemes' limits are)."""
+    samplings = sorted({float(s) for s in samplings}, reverse=True)
+    cell = [float(c) for c in atoms.cell.lengths()]
+    out = {"reference_sampling": samplings[-1], "slice_thickness": float(slice_thickness),
+           "parametrization": parametrization, "rows": []}
+    refs = {}
+    for name, scheme in (("as_is", False), ("antialiased", True)):
+        waves = {s: _wave(atoms, energy=energy, sampling=s, slice_thickness=slice_thickness,
+                          parametrization=parametrization, antialias_transmission=scheme) for s in samplings}
+        ref = refs[name] = waves[samplings[-1]]
+        ref_img = image(ref, cell[0] / ref.shape[0], energy)
+        for s in samplings[:-1]:
+            w = waves[s]
+            out["rows"].append({"sampling": s, "scheme": name, "exit_wave": wave_error(w, ref, cell, antialias_k(s)),
+                                "image": image_error(image(w, cell[0] / w.shape[0], energy), ref_img)})
+    out["reference_difference"] = wave_error(refs["as_is"], refs["antialiased"], cell, antialias_k(samplings[-1]))
+    return out
+
+
 def phonon_convergence(atoms: Atoms, energy: float = 300e3, sampling: float = 0.1, slice_thickness: float = 2.0,
-                       parametrization: str = "lobato", counts: Sequence[int] = PHONON_COUNTS, seed: int = 0) -> dict:
+                       parametrization: str = "lobato", counts: Sequence[int] = PHONON_COUNTS, seed: int = 0,
+                       antialias_transmission: bool | None = None) -> dict:
     """Image error of the average over the first N frozen-phonon configurations against the average over all
     max(counts) = M of them. Since the reference contains the N, the expected error of independent draws is
     sqrt(σ²·(1/N − 1/M)) / contrast with σ² the variance of one configuration's image (``expected``)."""
     counts = sorted({int(n) for n in counts})
     m = counts[-1]
     waves = _wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
-                  parametrization=parametrization, phonons=m, seed=seed)
+                  parametrization=parametrization, phonons=m, seed=seed,
+                  antialias_transmission=antialias_transmission)
     s = float(atoms.cell.lengths()[0]) / waves.shape[-2]
     images = np.stack([image(w, s, energy) for w in waves])
     ref = images.mean(0)

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_dir
 from ..simulation import engine_version, wavelength
+from ..simulation.core import transmission_antialiased
 from . import physics as ph
 from .scenes import CONFIG_WINDOW, REFERENCE_SCENE, au_cube, configuration_scene, crop_window, reference_scene
 
@@ -81,6 +82,7 @@ def _run(kind: str, atoms: Atoms, scene: dict, settings: dict, comparisons: dict
         return out
 
     e, s, dz, p = settings["energy"], settings["sampling"], settings["slice_thickness"], settings["parametrization"]
+    scheme = {"antialias_transmission": settings.get("antialias_transmission")}
     engines = ph.available_engines()
     payload = {
         "kind": kind, "quick": bool(quick), "settings": settings, "scene": scene,
@@ -88,13 +90,16 @@ def _run(kind: str, atoms: Atoms, scene: dict, settings: dict, comparisons: dict
         "engine_comparison": {name: timed(f"engines ({name})", ph.engine_comparison, a, e, s, dz, engines)
                               for name, a in comparisons.items()},
         "sampling_convergence": timed("sampling convergence", ph.sampling_convergence, atoms, e, dz, p,
+                                      tuple(series["samplings"]) + (s,), **scheme),
+        "transmission_schemes": timed("transmission schemes", ph.transmission_schemes, atoms, e, dz, p,
                                       tuple(series["samplings"]) + (s,)),
         "slice_convergence": timed("slice convergence", ph.slice_convergence, atoms, e, s, p,
-                                   tuple(series["slices"]) + (dz,)),
+                                   tuple(series["slices"]) + (dz,), **scheme),
         "settings_error": timed("settings vs converged", ph.settings_error, atoms, e, s, dz, p,
-                                min(series["samplings"]), min(series["slices"])),
+                                min(series["samplings"]), min(series["slices"]), **scheme),
         "phonon_convergence": timed("phonon convergence", ph.phonon_convergence, atoms, e, s, dz, p,
-                                    tuple(series["phonons"]) + ((settings["phonons"],) if settings.get("phonons") else ())),
+                                    tuple(series["phonons"]) + ((settings["phonons"],) if settings.get("phonons") else ()),
+                                    **scheme),
         "kirkland_fig_5_12": timed("Kirkland Fig. 5.12", ph.kirkland_fig_5_12),
         "ctf_zeros": timed("CTF zeros", ph.ctf_zeros, 200e3, 1e7, 0.75),
         "image_condition": dict(ph.IMAGE_CONDITION),
@@ -136,7 +141,8 @@ def configuration_report(spec, quick: bool = False, tolerance: float = ph.EXIT_W
     atoms = configuration_scene(spec)
     sim = spec.simulation
     settings = {"energy": float(sim.energy), "sampling": float(sim.sampling), "slice_thickness": float(sim.slice_thickness),
-                "parametrization": sim.parametrization, "phonons": int(sim.phonons)}
+                "parametrization": sim.parametrization, "phonons": int(sim.phonons),
+                "antialias_transmission": sim.antialias_transmission}
     scene = {"name": f"{spec.config_name}: structure 0, ≤ {CONFIG_WINDOW:g} Å window around its first particle",
              "dataset": spec.name, "version": spec.version, "config_name": spec.config_name,
              "n_atoms": len(atoms), "cell": [float(c) for c in atoms.cell.lengths()]}
@@ -175,7 +181,8 @@ def render_card(payload: dict) -> str:
              f"hrtem-dataset {payload['package_version']}; engines: "
              + ", ".join(f"{k} (`{v}`)" for k, v in payload["engines"].items()) + ".", "",
              f"Settings: {st['energy'] / 1e3:g} kV, sampling {st['sampling']:g} Å, slices {st['slice_thickness']:g} Å, "
-             f"{st['parametrization']} parametrization, {st.get('phonons', 0)} frozen phonons. "
+             f"{st['parametrization']} parametrization, {st.get('phonons', 0)} frozen phonons, transmission functions "
+             f"{'band-limited' if transmission_antialiased('torch', st.get('antialias_transmission')) else 'as they are'}. "
              f"Scene: {sc['name']} ({sc['n_atoms']} atoms, cell {' × '.join(f'{c:.1f}' for c in sc['cell'])} Å).", "",
              "Metrics: relative L2 of complex exit waves (on different grids: inside the coarser run's antialias "
              "band); images at defocus {defocus:g} Å, Cs {Cs:g} Å, {semiangle_cutoff:g} mrad aperture, error "
@@ -203,6 +210,15 @@ def render_card(payload: dict) -> str:
                   f"{sc_['reference_sampling']:g} Å)", "", "| sampling (Å) | grid | exit wave | image |", "|---|---|---|---|"]
     lines += [f"| {r['sampling']:g} | {'×'.join(map(str, r['gpts']))} | {_pct(r['exit_wave'])} | {_pct(r['image'])} |"
               for r in sc_["rows"]]
+    ts = payload.get("transmission_schemes")
+    if ts:
+        lines += ["", f"## Transmission schemes ({ts['slice_thickness']:g} Å slices, each against its own "
+                      f"{ts['reference_sampling']:g} Å run; those two differ by {_pct(ts['reference_difference'])})", "",
+                  "The torch engine uses each slice's transmission function exp(iσv) as it is (Prismatic's scheme, the "
+                  "default) or band-limits it to the antialias aperture first (abTEM's: one FFT pair more per slice).",
+                  "", "| sampling (Å) | scheme | exit wave | image |", "|---|---|---|---|"]
+        lines += [f"| {r['sampling']:g} | {r['scheme'].replace('_', ' ')} | {_pct(r['exit_wave'])} | {_pct(r['image'])} |"
+                  for r in ts["rows"]]
     sl = payload["slice_convergence"]
     lines += ["", f"## Convergence with slice thickness ({sl['sampling']:g} Å, reference "
                   f"{sl['reference_slice_thickness']:g} Å)", "", "| slice (Å) | exit wave | image |", "|---|---|---|"]
