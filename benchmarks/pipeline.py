@@ -106,6 +106,7 @@ def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
     import torch
     from exit_wave import fft_counts
 
+    from hrtem_dataset.device import single_threaded_torch
     from hrtem_dataset.simulation.torch_engine import Grid
 
     counts = fft_counts(phases)
@@ -130,7 +131,9 @@ def _fft_floor(spec, phases: dict, repeat: int = 2) -> dict | None:
 
     runs = []
     torch.set_num_threads(1)  # one thread per transform, as the engine runs them (this child exits after)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    # and in each pool thread too: threads started later run their OpenMP regions (MKL's real FFTs) on every
+    # core otherwise — oversubscribed, 2.6× this floor's time on 2 cores until 0.2.0 (hrtem_dataset.device)
+    with ThreadPoolExecutor(max_workers=threads, initializer=single_threaded_torch) as pool:
         for _ in range(repeat):
             t0 = time.perf_counter()
             list(pool.map(work, range(threads)))

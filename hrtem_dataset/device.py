@@ -43,6 +43,14 @@ def resolve_device(device=None, option: str = "device") -> torch.device:
     raise InputError(f"{option}: unsupported device {device!r} (use {CHOICES})")
 
 
+def single_threaded_torch() -> None:
+    """Thread-pool initializer: this thread's torch ops single-threaded. ``torch.set_num_threads`` in one thread
+    does not reach threads started later: their OpenMP regions (MKL's real FFTs among them) start with the
+    default team (every core), so two pool threads each running a 640² rfft2 on 2 cores took 8.1 ms per
+    transform instead of 0.75 ms (oversubscribed; the complex FFTs ran single-threaded either way)."""
+    torch.set_num_threads(1)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` for the block, then restored. Process-wide: for a thread pool whose

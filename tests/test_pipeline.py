@@ -328,8 +328,9 @@ def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_p
 
 def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_path, monkeypatch):
     """The exit-wave stage reads the next structure and writes the previous waves in one I/O thread while it
-    simulates: the files are the bytes of structure-by-structure runs, and a failed read (or write) of one
-    structure raises its error with the earlier structures' waves complete and nothing of the later ones, no
+    simulates (on 2–3 CPU threads several structures at once, taken in order): the files are the bytes of
+    structure-by-structure runs (one structure per call: nothing side by side), and a failed read (or write) of
+    one structure raises its error with the earlier structures' waves complete and nothing of the later ones, no
     temporaries — what the sequential loop leaves."""
     from hrtem_dataset.stages import exit_waves as stage
 
@@ -338,6 +339,13 @@ def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_
     root = tmp_path / "a"
     pl.plan_structures(spec, root)
     pl.build_structures_shard(spec, 0, root)
+    import torch
+
+    from hrtem_dataset.workspace import simulation_settings
+
+    # 2–3 torch threads: the structures run side by side (one single-threaded structure per thread), in order
+    side_by_side = stage.structure_workers(spec, simulation_settings(spec), 4)
+    assert side_by_side == (2 if 2 <= torch.get_num_threads() <= 3 else 1)
     stats = pl.simulate_shard(spec, 0, root)
     assert stats["computed"] == 4 and stats["reused"] == 0 and stats["exit_waves"] == 4 * (max(spec.simulation.phonons, 1) + 1)
     one_by_one = {}

@@ -187,6 +187,29 @@ def test_chunking_and_batching_do_not_change_waves():
     np.testing.assert_allclose(tiny[1], w2, atol=2e-6)
 
 
+def test_wave_streams_give_the_one_batch_pipelines_bytes(monkeypatch):
+    """On a CPU with 2–3 threads a batch of waves runs as independent single-threaded streams, balanced by each
+    wave's non-empty slices; the waves are the bytes of the one-batch pipeline (main thread propagating, workers
+    building), and the caller's thread count is restored."""
+    import torch
+
+    atoms = [small_scene(cell=12.0, carbon=4.0, radius=3.0), small_scene(cell=12.0, carbon=3.0, radius=2.5, seed=7)]
+    particles = atoms[0][atoms[0].arrays["particle_id"] >= 0]
+    specimens = te.waves_from_arrays(particles.positions, particles.numbers) + te.waves_from_arrays(
+        atoms[0].positions, atoms[0].numbers) * 2
+    n_slices, dz = te.slicing(atoms[0].cell[2, 2], 2.0)
+    streams = te._wave_streams(specimens, n_slices, dz, 2)
+    assert sorted(sum(streams, [])) == [0, 1, 2] and len(streams) == 3  # one thread per wave (≤ workers + 1)
+    assert te._wave_streams(specimens, n_slices, dz, 0) is None and te._wave_streams(specimens[:1], n_slices, dz, 2) is None
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(te, "_pipeline_workers", lambda device: 2)
+    streamed = simulate_exit_waves(atoms, phonons=3, seed=5)
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(te, "_wave_streams", lambda *a: None)
+    batched = simulate_exit_waves(atoms, phonons=3, seed=5)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(streamed, batched, strict=True))
+
+
 def test_batched_waves_with_per_structure_seeds_equal_one_at_a_time():
     """simulate_exit_waves([a, b], phonons=P, seed=[sa, sb]) gives each structure exactly the frozen-phonon
     configurations of simulate_exit_wave(x, phonons=P, seed=sx) (different seeds: different waves)."""

@@ -17,14 +17,17 @@ Checks and their tolerances:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .. import previews
+from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
 from ..io import atomic_path
 from ..labels import vacuum_region
@@ -71,13 +74,19 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
     # GPU the stage is mostly such host work); it runs its tasks in submission order, at most one write is in
     # flight, and a failed read or write is raised here (the with-block lets a submitted write finish first, so
     # the files on disk are those the sequential loop would have left)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrtem-waves-io") as io:
-        reading = io.submit(read_structure, spec, todo[0], root) if todo else None
+    workers = structure_workers(spec, sim, len(todo))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrtem-waves-io") as io, \
+            contextlib.ExitStack() as stack:
+        if workers > 1:  # structures simulated side by side, results taken (and written) in order
+            stack.enter_context(torch_threads(1))
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-waves",
+                                                          initializer=single_threaded_torch))
+            results = _in_order(pool, lambda i: _simulate_one(spec, sim, i, root), todo, 2 * workers)
+        else:  # one at a time, the I/O thread reading the next structure meanwhile
+            results = _sequential(io, spec, sim, todo, root)
+        stack.callback(results.close)  # on an error below: cancel the structures not started yet
         writing = None
-        for k, i in enumerate(todo):
-            atoms = reading.result()
-            reading = io.submit(read_structure, spec, todo[k + 1], root) if k + 1 < len(todo) else None
-            out = simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+        for i, (atoms, out) in zip(todo, results, strict=True):
             scene = np.asarray(out["scene"], dtype=np.complex64)
             if scene.ndim == 2:
                 scene = scene[None]
@@ -95,6 +104,60 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
     return {"shard": int(shard), "structures": len(indices), "computed": computed, "reused": reused,
             "engine": sim.engine, "engine_version": engine_version, "device": used_device, "seconds": dt,
             "exit_waves": waves_done, "waves_per_s": rate(waves_done, dt), "atoms_per_s": rate(atoms_done, dt)}
+
+
+def structure_workers(spec: DatasetSpec, sim, n_structures: int) -> int:
+    """Structures simulated at once: on a CPU with 2–3 torch threads (where the torch engine otherwise pipelines
+    one structure over the cores), one single-threaded structure per thread — every core on whole structures, no
+    fill and drain per structure (au-baseline-cpu shard 0 on 2 cores: 2.8 s instead of 3.4 s, see README,
+    "Performance") — as many as half the memory limit holds at the engine's estimate for one structure; else 1."""
+    import torch
+
+    from ..device import resolve_device
+    from ..limits import memory_limit
+    from ..simulation.torch_engine import Grid, memory_estimate
+
+    if sim.engine != "torch" or n_structures < 2 or resolve_device(sim.device).type != "cpu":
+        return 1
+    n = torch.get_num_threads()
+    n = min(n, n_structures) if 2 <= n <= 3 else 1
+    limit = memory_limit()
+    if n > 1 and limit:
+        grid = Grid.from_sampling((spec.structures.cell.x, spec.structures.cell.y), sim.sampling)
+        one = memory_estimate(grid, max(sim.phonons, 1) + 1, n_species=2, device="cpu")
+        n = max(1, min(n, int(limit // 2 // max(one, 1))))
+    return n
+
+
+def _simulate_one(spec: DatasetSpec, sim, i: int, root) -> tuple[Any, dict]:
+    atoms = read_structure(spec, i, root)
+    return atoms, simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+
+
+def _sequential(io, spec: DatasetSpec, sim, todo: list[int], root):
+    """(atoms, simulate_scene result) of each structure in order, the next one read by ``io`` meanwhile."""
+    reading = io.submit(read_structure, spec, todo[0], root) if todo else None
+    for k, i in enumerate(todo):
+        atoms = reading.result()
+        reading = io.submit(read_structure, spec, todo[k + 1], root) if k + 1 < len(todo) else None
+        yield atoms, simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+
+
+def _in_order(pool, fn, items: list, ahead: int):
+    """``fn(x)`` of each item, computed ``ahead`` at a time in ``pool`` and yielded in order; on an error the
+    items not started are cancelled (those running finish with the pool, their results unused)."""
+    pending: deque = deque(pool.submit(fn, x) for x in items[:ahead])
+    rest = iter(items[ahead:])
+    try:
+        while pending:
+            result = pending.popleft().result()
+            for x in rest:
+                pending.append(pool.submit(fn, x))
+                break
+            yield result
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 def _write_waves(path, scene: np.ndarray, out: dict, sim, n_atoms: int, engine_version: str) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import previews
-from ..device import torch_threads
+from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
 from ..imaging.image import wave_spectrum
@@ -130,7 +130,8 @@ def _map_in_threads(fn, items: list, workers: int) -> list:
     intra-op threads set to 1 meanwhile; the first error is raised after the running items finish."""
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images") as pool:
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images",
+                                              initializer=single_threaded_torch) as pool:
         futures = [pool.submit(fn, x) for x in items]
         try:
             return [f.result() for f in futures]
