@@ -295,12 +295,19 @@ class _Tables:
 
 
 _TABLE_CACHE: dict[tuple, _Tables] = {}
+_TABLE_LOCK = threading.Lock()
 
 
 def _tables(grid: Grid, energy: float, parametrization: str, device: torch.device,
             structure_factors: str) -> _Tables:
     """Cached :class:`_Tables` (a few recent grids), so repeated calls reuse form factors and propagators."""
     key = (grid, energy, parametrization, str(device), structure_factors)
+    with _TABLE_LOCK:  # structures simulated side by side build a grid's tables once
+        return _cached_tables(key, grid, energy, parametrization, device, structure_factors)
+
+
+def _cached_tables(key, grid: Grid, energy: float, parametrization: str, device: torch.device,
+                   structure_factors: str) -> _Tables:
     if key not in _TABLE_CACHE:
         while len(_TABLE_CACHE) >= 4:
             _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
