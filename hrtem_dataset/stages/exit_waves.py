@@ -5,8 +5,8 @@ Format — ``waves/<structure_id>.npz`` (pickle-free), one file per structure:
 ``particles`` complex64 (nx, ny), the particle atoms alone in vacuum on a static lattice (the label
 source); ``sampling`` (Å, per axis), ``energy`` (eV), ``gpts``, ``phonons``, ``engine``, ``engine_version``,
 ``n_atoms`` and ``antialias_transmission`` (the transmission scheme the engine ran; absent in files written
-before 0.2.0, which all band-limited the transmission functions). Seed: ``derive_seed(seed, "simulation", i)``. The engine is part of the stage fingerprint,
-the device is not (it changes speed, not physics).
+before 0.2.0, which all band-limited the transmission functions). Seed: ``derive_seed(seed, "simulation", i)``.
+The engine is part of the stage fingerprint, the device is not (it changes speed, not physics).
 
 Checks and their tolerances:
 - ``no_nan_inf`` (blocking): no structure of the shard has NaN/inf waves or misses its file.
@@ -70,10 +70,12 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
     used_device = sim.device
     todo = [i for i in indices if force or not waves_path(spec, i, root).exists()]
     reused = len(indices) - len(todo)
-    # one I/O thread overlaps reading the next structure and writing the previous waves with the simulation (on a
-    # GPU the stage is mostly such host work); it runs its tasks in submission order, at most one write is in
-    # flight, and a failed read or write is raised here (the with-block lets a submitted write finish first, so
-    # the files on disk are those the sequential loop would have left)
+    # one I/O thread writes the previous waves while the simulation runs (on a GPU the stage is mostly such host
+    # work) and, one structure at a time, reads the next structure meanwhile; side by side (CPU, 2–3 threads),
+    # the workers read their own structures. Results are taken in order and the I/O thread runs its tasks in
+    # submission order with at most one write in flight, so a failed read, simulation or write is raised here
+    # with the files on disk that the sequential loop would have left (the with-block lets a submitted write
+    # finish first and cancels the structures not started yet)
     workers = structure_workers(spec, sim, len(todo))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrtem-waves-io") as io, \
             contextlib.ExitStack() as stack:
