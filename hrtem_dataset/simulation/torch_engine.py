@@ -25,7 +25,7 @@ Physics and conventions:
   0.2 Å (e.g. a 1.5 nm Au [110] sphere on 3 nm carbon at 0.1 Å: 1.9 % vs 3.7 %; random orientation
   1.4 % vs 1.5 %; equal at 0.05 Å): band-limiting t drops its components between 2/3 and 1 of the Nyquist
   frequency, whose products with the wave fall back inside the band, a larger error than the aliasing it
-  removes (``tests/test_simulation.py`` measures both).
+  removes (``tests/test_validation.py`` measures both on the validation report's scene).
 - Multislice: ψ_{n+1} = F⁻¹[P·A·F(t_n ψ_n)], P = exp(−iπλΔz|k|²), ψ_0 = 1 (plane wave, so vacuum
   gives |ψ| = 1 exactly). Runs of empty slices are crossed in one propagation step
   with P(mΔz)·Aᵐ, identical to m single steps; leading empty slices leave a plane wave unchanged. In a
@@ -409,10 +409,13 @@ def multislice(specimens: Sequence[_Specimen], cell: Sequence[float], sampling: 
 
 
 def _wave_streams(specimens: Sequence[_Specimen], n_slices: int, dz: float, workers: int) -> list[list[int]] | None:
-    """On a CPU with ``workers`` (2–3) pipeline threads and at least two waves: the waves split into ``workers``
-    independent streams, each run start to end by one single-threaded thread (it builds its own transmission
-    functions and propagates its own waves), balanced by the number of non-empty slices of each wave (greedy,
-    longest first). ``None``: run the batch as one (the main thread propagates, the workers build).
+    """On a CPU with ``workers`` (2–3) pipeline threads and at least two waves: the waves split into up to
+    ``workers`` + 1 independent streams, each run start to end by one single-threaded thread (it builds its own
+    transmission functions and propagates its own waves), balanced by the number of non-empty slices of each wave
+    (greedy, longest first). One thread more than cores: the usual batch of a scene (two frozen-phonon
+    configurations and the particles alone, a shorter wave) is shared out by the OS better than split in two
+    (au-baseline-cpu's exit-wave stage on 2 cores: 3.19 s vs 3.55 s). ``None``: run the batch as one (the main
+    thread propagates, the workers build).
 
     Why: the waves of a batch never interact, and in the one-batch pipeline the main thread's propagation was the
     critical path on 2 cores (au-baseline-cpu's exit-wave stage: 2.5 of its 3.4 s, with the second core idle
