@@ -53,7 +53,7 @@ zero is far below what matters downstream: the CPU baseline samples defocus ±15
 - the later stages are replaced by the **vertex of the parabola** through the best first-stage value and its
   two neighbours (already evaluated), rounded to the last step.
 
-On the 48 au-baseline-cpu structures and 15 au-generalist ones (1280²) with the paper's 1/0.1 Å steps it
+On the 48 au-baseline-cpu structures and 15 au-generalist ones (1280²; exit waves of 0.1.0) with the paper's 1/0.1 Å steps it
 returns the grid search's value or one 0.1 Å step off (32 + 12 of 63 the same); with au-generalist's 2/0.5 Å
 steps one of 15 is one 0.5 Å step off — within the 0.5 Å the tests allow — with ≈ 5 evaluations on the 480²
 grid and a 17-value scan on 192² (band 1.5 Å⁻¹ is its default: the same values as 2 Å⁻¹ for less work).
