@@ -235,7 +235,7 @@ def test_cli_validate_reference_quick(tmp_path, capsys):
         assert comp["rel_l2"]["torch_vs_abtem"] == pytest.approx(0.0293, abs=5e-4)
     if "prismatic" in comp["engines"]:
         assert p["checks"]["prismatic_vs_abtem_a-C + Au"]["passed"]
-        assert comp["rel_l2"]["torch_vs_prismatic"] == pytest.approx(0.0307, abs=5e-4)
+        assert comp["rel_l2"]["torch_vs_prismatic"] == pytest.approx(0.0223, abs=5e-4)  # in its scheme (0.1.0: 3.07 %)
 
 
 def test_the_default_transmission_scheme_is_closer_to_converged_runs():
