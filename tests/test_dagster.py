@@ -104,6 +104,7 @@ def test_materialize_whole_graph(whole_graph):
     mats = {m.asset_key.path[-1]: m.metadata for m in shard.asset_materializations_for_node("tiny__exit_waves")}
     md = mats["exit_waves"]
     assert md["engine"].value == "torch" and md["waves_per_s"].value > 0 and md["spec_hash"].value
+    assert md["antialias_transmission"].value is False  # the torch engine's own transmission scheme, recorded
     assert md["preview"].value.count("data:image/png;base64,") == 2
     img_md = shard.asset_materializations_for_node("tiny__imaged_samples")[0].metadata
     assert "Mask overlay" in img_md["preview"].value and img_md["dagster/row_count"].value == 2

@@ -245,6 +245,7 @@ class ExitWavesStage(Stage):
         q = waves_summary(spec, ctx.shard, ctx.root)
         first = load_waves(spec, shard_indices(spec, ctx.shard)[0], ctx.root)
         meta = {"spec_hash": spec.hash(), "engine": first["engine"], "engine_version": first["engine_version"],
+                "antialias_transmission": first["antialias_transmission"],
                 "sampling_A": list(first["sampling"]), "gpts": [int(x) for x in first["particles"].shape],
                 "scene_intensity_min": q["scene_intensity_min"], "vacuum_intensity_min": q["vacuum_intensity_min"]}
         pngs = {"Scene exit wave phase": previews.image_png(np.angle(first["scene"][0])),
