@@ -265,33 +265,27 @@ class _Tables:
     def form_factors(self, symbols: Sequence[str]) -> torch.Tensor:
         """(S, nx, ny//2+1) complex64 (real values): C f_s(k) / (Δx Δy Φ̂), the per-element multiplier."""
         with self._lock:
-            return self._form_factors(symbols)
-
-    def _form_factors(self, symbols: Sequence[str]) -> torch.Tensor:
-        for s in symbols:
-            if s not in self._form:
-                f = self.param.projected_form_factor(s, self._k2) * self._deconv
-                self._form[s] = torch.as_tensor(f, dtype=torch.complex64, device=self.device)
-        return torch.stack([self._form[s] for s in symbols])
+            for s in symbols:
+                if s not in self._form:
+                    f = self.param.projected_form_factor(s, self._k2) * self._deconv
+                    self._form[s] = torch.as_tensor(f, dtype=torch.complex64, device=self.device)
+            return torch.stack([self._form[s] for s in symbols])
 
     def propagator(self, steps: int, dz: float) -> torch.Tensor:
         """P(steps·Δz)·A^steps: ``steps`` slice propagations in one (identical to stepping one by one)."""
         # keyed by the propagation distance too: Δz = cell height / n slices differs between structures
         key = (int(steps), float(dz))
         with self._lock:
-            return self._propagator(key, steps, dz)
-
-    def _propagator(self, key: tuple[int, float], steps: int, dz: float) -> torch.Tensor:
-        if key not in self._props:
-            while len(self._props) >= 32:  # bounded: a dataset sees many different Δz
-                self._props.pop(next(iter(self._props)))
-            a = self._support_aperture
-            # fresnel_propagator(grid, energy, steps·Δz) · A^(steps−1), on the aperture's support (0 elsewhere)
-            values = _fresnel(self._support_k2, self.energy, steps * dz) * a * a ** (steps - 1)
-            p = np.zeros(self.grid.gpts[0] * self.grid.gpts[1], dtype=np.complex64)
-            p[self._support] = values
-            self._props[key] = torch.as_tensor(p.reshape(self.grid.gpts), device=self.device)
-        return self._props[key]
+            if key not in self._props:
+                while len(self._props) >= 32:  # bounded: a dataset sees many different Δz
+                    self._props.pop(next(iter(self._props)))
+                a = self._support_aperture
+                # fresnel_propagator(grid, energy, steps·Δz) · A^(steps−1), on the aperture's support (0 elsewhere)
+                values = _fresnel(self._support_k2, self.energy, steps * dz) * a * a ** (steps - 1)
+                p = np.zeros(self.grid.gpts[0] * self.grid.gpts[1], dtype=np.complex64)
+                p[self._support] = values
+                self._props[key] = torch.as_tensor(p.reshape(self.grid.gpts), device=self.device)
+            return self._props[key]
 
 
 _TABLE_CACHE: dict[tuple, _Tables] = {}
@@ -303,16 +297,11 @@ def _tables(grid: Grid, energy: float, parametrization: str, device: torch.devic
     """Cached :class:`_Tables` (a few recent grids), so repeated calls reuse form factors and propagators."""
     key = (grid, energy, parametrization, str(device), structure_factors)
     with _TABLE_LOCK:  # structures simulated side by side build a grid's tables once
-        return _cached_tables(key, grid, energy, parametrization, device, structure_factors)
-
-
-def _cached_tables(key, grid: Grid, energy: float, parametrization: str, device: torch.device,
-                   structure_factors: str) -> _Tables:
-    if key not in _TABLE_CACHE:
-        while len(_TABLE_CACHE) >= 4:
-            _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
-        _TABLE_CACHE[key] = _Tables(grid, energy, parametrization, device, structure_factors)
-    return _TABLE_CACHE[key]
+        if key not in _TABLE_CACHE:
+            while len(_TABLE_CACHE) >= 4:
+                _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
+            _TABLE_CACHE[key] = _Tables(grid, energy, parametrization, device, structure_factors)
+        return _TABLE_CACHE[key]
 
 
 @dataclass
@@ -408,6 +397,12 @@ def multislice(specimens: Sequence[_Specimen], cell: Sequence[float], sampling: 
     return out
 
 
+def _slice_index(z: np.ndarray, dz: float, n_slices: int) -> np.ndarray:
+    """The slice (0 … ``n_slices`` − 1) that holds each atom's centre ``z`` [Å]: not periodic along the beam, an
+    atom at z = L_z (or a phonon displacement past a face) belongs to the first/last slice."""
+    return np.clip(np.floor((z + 1e-12) / dz).astype(np.int64), 0, n_slices - 1)
+
+
 def _wave_streams(specimens: Sequence[_Specimen], n_slices: int, dz: float, workers: int) -> list[list[int]] | None:
     """On a CPU with ``workers`` (2–3) pipeline threads and at least two waves: the waves split into up to
     ``workers`` + 1 independent streams, each run start to end by one single-threaded thread (it builds its own
@@ -426,7 +421,7 @@ def _wave_streams(specimens: Sequence[_Specimen], n_slices: int, dz: float, work
     cost = []
     for s in specimens:
         z = np.asarray(s.positions, dtype=np.float64).reshape(-1, 3)[:, 2]
-        cost.append(len(np.unique(np.clip(np.floor((z + 1e-12) / dz).astype(np.int64), 0, n_slices - 1))))
+        cost.append(len(np.unique(_slice_index(z, dz, n_slices))))
     n = min(workers + 1, len(specimens))
     load = [0] * n
     streams: list[list[int]] = [[] for _ in range(n)]
@@ -465,7 +460,7 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
             wrapped[wrapped >= length] = 0.0  # mod can round up to L
             column[outside] = wrapped
     member = np.repeat(np.arange(n_batch), [len(s.numbers) for s in specimens])
-    slice_index = np.clip(np.floor((z + 1e-12) / dz).astype(np.int64), 0, n_slices - 1)
+    slice_index = _slice_index(z, dz, n_slices)
     del z
 
     # plane = (slice, member, species); target = (slice, member); sort atoms slice-major

@@ -131,18 +131,19 @@ def structure_workers(spec: DatasetSpec, sim, n_structures: int) -> int:
     return n
 
 
-def _simulate_one(spec: DatasetSpec, sim, i: int, root) -> tuple[Any, dict]:
-    atoms = read_structure(spec, i, root)
+def _simulate_one(spec: DatasetSpec, sim, i: int, root, atoms=None) -> tuple[Any, dict]:
+    """Structure ``i`` (read here unless given) and its :func:`simulate_scene` result."""
+    atoms = read_structure(spec, i, root) if atoms is None else atoms
     return atoms, simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
 
 
 def _sequential(io, spec: DatasetSpec, sim, todo: list[int], root):
-    """(atoms, simulate_scene result) of each structure in order, the next one read by ``io`` meanwhile."""
+    """:func:`_simulate_one` of each structure in order, the next one read by ``io`` meanwhile."""
     reading = io.submit(read_structure, spec, todo[0], root) if todo else None
     for k, i in enumerate(todo):
         atoms = reading.result()
         reading = io.submit(read_structure, spec, todo[k + 1], root) if k + 1 < len(todo) else None
-        yield atoms, simulate_scene(atoms, sim, derive_seed(spec.seed, "simulation", i))
+        yield _simulate_one(spec, sim, i, root, atoms)
 
 
 def _in_order(pool, fn, items: list, ahead: int):
