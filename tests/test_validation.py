@@ -255,3 +255,23 @@ def test_the_default_transmission_scheme_is_closer_to_converged_runs():
             assert rows[s, "as_is"][metric] < rows[s, "antialiased"][metric], (s, metric, rows)
     assert rows[0.1, "as_is"]["exit_wave"] == pytest.approx(0.0288, abs=5e-4)
     assert rows[0.1, "antialiased"]["exit_wave"] == pytest.approx(0.0457, abs=5e-4)
+
+
+def test_shared_waves_compute_a_run_once_and_change_no_number():
+    """Inside ``shared_waves`` the series reuse a run with the same atoms and settings (the default scheme and an
+    explicit ``False`` are the same run for the torch engine); outside it, every call simulates again."""
+    from sim_scenes import small_scene
+
+    from hrtem_dataset.validation import physics as ph
+
+    atoms = small_scene(cell=10.0, carbon=3.0, radius=3.0)
+    kw = dict(energy=300e3, sampling=0.2, slice_thickness=2.0, parametrization="lobato")
+    alone = ph._wave(atoms, **kw)
+    assert ph._wave(atoms, **kw) is not alone
+    with ph.shared_waves():
+        first = ph._wave(atoms, **kw)
+        assert ph._wave(atoms, antialias_transmission=False, **kw) is first
+        assert ph._wave(atoms, antialias_transmission=True, **kw) is not first
+        assert ph._wave(atoms.copy(), **kw) is not first  # other atoms: another run
+    assert first.tobytes() == alone.tobytes()
+    assert ph._wave(atoms, **kw) is not first  # the block's cache is gone

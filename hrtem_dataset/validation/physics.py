@@ -14,9 +14,11 @@ Metrics (all relative L2 norms, dimensionless):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -30,6 +32,7 @@ from ..imaging.aberrations import (
 )
 from ..imaging.ctf import transfer_function
 from ..simulation import simulate_exit_wave, wavelength
+from ..simulation.core import transmission_antialiased
 from ..simulation.prismatic_engine import available, fourier_resample
 from ..specs import ENGINE_ANTIALIASES_TRANSMISSION
 
@@ -83,11 +86,34 @@ def image_error(img: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(img - ref) / np.linalg.norm(ref - ref.mean()))
 
 
+_SHARED_WAVES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hrtem_validation_waves", default=None)
+
+
+@contextlib.contextmanager
+def shared_waves() -> Iterator[None]:
+    """Within the block, the series share their exit waves: a run with the same atoms and settings as an earlier
+    one (e.g. the 0.1 Å / 2 Å wave of the sampling, slice, settings and transmission-scheme series) is computed
+    once. The waves are deterministic, so every number is the same as without it."""
+    token = _SHARED_WAVES.set({})
+    try:
+        yield
+    finally:
+        _SHARED_WAVES.reset(token)
+
+
 def _wave(atoms, *, energy, sampling, slice_thickness, parametrization, engine="torch", phonons=0, seed=0,
           antialias_transmission=None):
-    return simulate_exit_wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
-                              parametrization=parametrization, engine=engine, phonons=phonons, seed=seed,
-                              device="cpu", antialias_transmission=antialias_transmission)
+    cache = _SHARED_WAVES.get()
+    key = (id(atoms), float(energy), float(sampling), float(slice_thickness), parametrization, engine, int(phonons),
+           int(seed), transmission_antialiased(engine, antialias_transmission))
+    if cache is not None and key in cache:
+        return cache[key][1]
+    w = simulate_exit_wave(atoms, energy=energy, sampling=sampling, slice_thickness=slice_thickness,
+                           parametrization=parametrization, engine=engine, phonons=phonons, seed=seed,
+                           device="cpu", antialias_transmission=antialias_transmission)
+    if cache is not None:
+        cache[key] = (atoms, w)  # the atoms kept alive: their id stays theirs while the cache lives
+    return w
 
 
 def available_engines() -> list[str]:

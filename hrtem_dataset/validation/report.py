@@ -84,26 +84,27 @@ def _run(kind: str, atoms: Atoms, scene: dict, settings: dict, comparisons: dict
     e, s, dz, p = settings["energy"], settings["sampling"], settings["slice_thickness"], settings["parametrization"]
     scheme = {"antialias_transmission": settings.get("antialias_transmission")}
     engines = ph.available_engines()
-    payload = {
-        "kind": kind, "quick": bool(quick), "settings": settings, "scene": scene,
-        "engines": engine_versions(engines),
-        "engine_comparison": {name: timed(f"engines ({name})", ph.engine_comparison, a, e, s, dz, engines)
-                              for name, a in comparisons.items()},
-        "sampling_convergence": timed("sampling convergence", ph.sampling_convergence, atoms, e, dz, p,
-                                      tuple(series["samplings"]) + (s,), **scheme),
-        "transmission_schemes": timed("transmission schemes", ph.transmission_schemes, atoms, e, dz, p,
-                                      tuple(series["samplings"]) + (s,)),
-        "slice_convergence": timed("slice convergence", ph.slice_convergence, atoms, e, s, p,
-                                   tuple(series["slices"]) + (dz,), **scheme),
-        "settings_error": timed("settings vs converged", ph.settings_error, atoms, e, s, dz, p,
-                                min(series["samplings"]), min(series["slices"]), **scheme),
-        "phonon_convergence": timed("phonon convergence", ph.phonon_convergence, atoms, e, s, dz, p,
-                                    tuple(series["phonons"]) + ((settings["phonons"],) if settings.get("phonons") else ()),
-                                    **scheme),
-        "kirkland_fig_5_12": timed("Kirkland Fig. 5.12", ph.kirkland_fig_5_12),
-        "ctf_zeros": timed("CTF zeros", ph.ctf_zeros, 200e3, 1e7, 0.75),
-        "image_condition": dict(ph.IMAGE_CONDITION),
-    }
+    with ph.shared_waves():  # the series' common runs computed once (each series' seconds: what it added)
+        payload = {
+            "kind": kind, "quick": bool(quick), "settings": settings, "scene": scene,
+            "engines": engine_versions(engines),
+            "engine_comparison": {name: timed(f"engines ({name})", ph.engine_comparison, a, e, s, dz, engines)
+                                  for name, a in comparisons.items()},
+            "sampling_convergence": timed("sampling convergence", ph.sampling_convergence, atoms, e, dz, p,
+                                          tuple(series["samplings"]) + (s,), **scheme),
+            "transmission_schemes": timed("transmission schemes", ph.transmission_schemes, atoms, e, dz, p,
+                                          tuple(series["samplings"]) + (s,)),
+            "slice_convergence": timed("slice convergence", ph.slice_convergence, atoms, e, s, p,
+                                       tuple(series["slices"]) + (dz,), **scheme),
+            "settings_error": timed("settings vs converged", ph.settings_error, atoms, e, s, dz, p,
+                                    min(series["samplings"]), min(series["slices"]), **scheme),
+            "phonon_convergence": timed("phonon convergence", ph.phonon_convergence, atoms, e, s, dz, p,
+                                        tuple(series["phonons"]) + ((settings["phonons"],) if settings.get("phonons") else ()),
+                                        **scheme),
+            "kirkland_fig_5_12": timed("Kirkland Fig. 5.12", ph.kirkland_fig_5_12),
+            "ctf_zeros": timed("CTF zeros", ph.ctf_zeros, 200e3, 1e7, 0.75),
+            "image_condition": dict(ph.IMAGE_CONDITION),
+        }
     payload["checks"] = _checks(payload, tolerance)
     payload["seconds"] = {**times, "total": time.perf_counter() - t_all}
 
