@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hrtem_dataset.errors import InputError
-from hrtem_dataset.io import atomic_dir, atomic_path, atomic_write_text
+from hrtem_dataset.io import atomic_dir, atomic_path, atomic_write_text, read_npz
 from hrtem_dataset.seeding import derive_seed, spec_hash
 from hrtem_dataset.simulation.physics import interaction_parameter, wavelength
 from hrtem_dataset.specs import DatasetSpec, ImagingDistributionSpec, Uniform, load_spec, validate_spec
@@ -68,6 +68,31 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     atomic_write_text(target, "ok")
     assert target.read_text() == "ok"
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
+
+
+def test_read_npz_equals_np_load_and_names_damaged_files(tmp_path):
+    """The GIL-free reader gives np.load's arrays (values, dtypes, shapes, memory order) for stored members of
+    every kind, compressed members through np.load, and a clear error for a damaged or truncated file."""
+    rng = np.random.default_rng(0)
+    arrays = {"c": (rng.normal(size=(2, 64, 48)) + 1j * rng.normal(size=(2, 64, 48))).astype(np.complex64),
+              "f": np.asfortranarray(rng.normal(size=(5, 7))), "e": np.zeros((0, 3), np.int16),
+              "s": np.str_("héllo"), "i": np.int64(3), "b": np.array([True, False]), "u": np.arange(9, dtype=">u4")}
+    for save in (np.savez, np.savez_compressed):
+        save(tmp_path / "a.npz", **arrays)
+        got, ref = read_npz(tmp_path / "a.npz"), dict(np.load(tmp_path / "a.npz"))
+        assert sorted(got) == sorted(ref)
+        for k in ref:
+            assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape and np.array_equal(got[k], ref[k])
+        assert got["f"].flags["F_CONTIGUOUS"] and got["c"].flags["C_CONTIGUOUS"] and got["c"].flags["WRITEABLE"]
+    np.savez(tmp_path / "a.npz", **arrays)
+    raw = bytearray((tmp_path / "a.npz").read_bytes())
+    raw[raw.find(b"\x93NUMPY") + 200] ^= 0xFF  # flip a byte of the first member's data: CRC mismatch
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    for name, data in (("bad.npz", None), ("cut.npz", bytes(raw[: len(raw) // 2])), ("txt.npz", b"not a zip")):
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=name):
+            read_npz(tmp_path / name)
 
 
 def test_atomic_dir_replaces_whole_directory(tmp_path):

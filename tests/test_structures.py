@@ -473,6 +473,45 @@ def test_fast_extxyz_writer_and_reader_match_ase_exactly(tmp_path):
     assert len(read_extxyz(tmp_path / "two.extxyz")) == len(build_scene(_scene(), 5))
 
 
+def test_fixed_width_atom_parser_gives_the_doubles_of_float(tmp_path):
+    """The reader's array parse of the writer's fixed-width atom lines gives exactly float()'s doubles and
+    int()'s ids (negative values, -0.0, 8 significant decimals near the field's width); lines of any other
+    form (a value wider than its field, a stray character) are left to the text path, which still reads
+    them as ASE does."""
+    from ase import Atoms
+    from ase.io import read
+
+    from hrtem_dataset.structures import exporters
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    pos = np.concatenate([rng.uniform(-9.9e5, 9.9e6, (n // 3, 3)), rng.uniform(-1, 1, (n // 3, 3)),
+                          rng.normal(0, 50, (n - 2 * (n // 3), 3))])
+    pos[:4] = [[-0.0, 0.0, -1e-9], [-4e-9, 5e-9, 9999999.99999999], [-999999.99999999, 1.5, 0.125], [1, 2, 3]]
+    atoms = Atoms(numbers=rng.choice([1, 6, 79, 92], n), positions=pos, cell=[64.0, 64.0, 70.0], pbc=True)
+    atoms.set_array("particle_id", rng.integers(-1, 10**7, n).astype(np.int32))
+    atoms.info["scene"] = {"k": 1}
+    write_extxyz(atoms, tmp_path / "w.extxyz")
+    _, _, body = (tmp_path / "w.extxyz").read_text().split("\n", 2)
+    parsed = exporters._parse_atom_lines(body, n)
+    assert parsed is not None
+    tokens = body.split()
+    ref_pos = np.array([[float(t) for t in tokens[k::5]] for k in (1, 2, 3)]).T
+    assert parsed[1].view(np.int64).tolist() == ref_pos.view(np.int64).tolist()  # bit for bit, signed zeros too
+    assert parsed[2].tolist() == [int(t) for t in tokens[4::5]]
+    assert parsed[0].tolist() == atoms.numbers.tolist()
+    back, ase_back = read_extxyz(tmp_path / "w.extxyz"), read(tmp_path / "w.extxyz", format="extxyz")
+    assert np.array_equal(back.positions.view(np.int64), ase_back.positions.view(np.int64))
+    # too wide for the field (the writer's %16.8f grows the line), or a damaged character: the text path
+    atoms.positions[5, 0] = 12345678.5
+    write_extxyz(atoms, tmp_path / "wide.extxyz")
+    _, _, wide = (tmp_path / "wide.extxyz").read_text().split("\n", 2)
+    assert exporters._parse_atom_lines(wide, n) is None
+    assert read_extxyz(tmp_path / "wide.extxyz").positions[5, 0] == 12345678.5
+    for bad in (body.replace(" -", "--", 1), body[:200] + "x" + body[201:]):
+        assert exporters._parse_atom_lines(bad, n) is None
+
+
 def test_paper_distribution_samples_in_range():
     dist = load_spec("configs/structures/paper.yaml", StructureDistributionSpec)
     for s in range(4):

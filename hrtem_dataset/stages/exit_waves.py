@@ -29,7 +29,7 @@ import numpy as np
 from .. import previews
 from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, read_npz
 from ..labels import vacuum_region
 from ..seeding import derive_seed
 from ..simulation import simulate_scene
@@ -179,8 +179,7 @@ def load_waves(spec: DatasetSpec, index: int, root=None) -> dict[str, Any]:
     path = waves_path(spec, index, root)
     if not path.exists():
         raise InputError(f"{path}: missing exit waves (run the exit_waves stage for its shard first)")
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files}
+    out = read_npz(path)  # without holding the GIL (structures are imaged in threads)
     for k in ("engine", "engine_version"):
         out[k] = str(out[k])
     out["energy"] = float(out["energy"])

@@ -71,6 +71,65 @@ def write_extxyz(atoms: Atoms, path) -> Path:
     return path
 
 
+_LINE = 63  # "%-2s %16.8f %16.8f %16.8f %8d\n": the atom lines write_extxyz writes
+_WHOLE = ((3, 10), (20, 27), (37, 44), (54, 62))  # columns of the four fields' integer parts (x, y, z: "." next)
+
+
+def _line_weights() -> np.ndarray:
+    """(63, 4) float64: each column's decimal weight in x, y, z (units of 1e-8 Å) and particle_id."""
+    w = np.zeros((_LINE, 4))
+    for f, (lo, hi) in enumerate(_WHOLE):
+        frac = 8 if f < 3 else 0
+        w[lo:hi, f] = 10.0 ** np.arange(hi - lo - 1 + frac, frac - 1, -1)
+        w[hi + 1 : hi + 1 + frac, f] = 10.0 ** np.arange(frac - 1, -1, -1)
+    return w
+
+
+_WEIGHTS = _line_weights()
+_CLASS = np.full(256, -9, dtype=np.int8)  # per byte: space 0, "-" 1, digit 2, anything else -9
+_CLASS[32], _CLASS[45], _CLASS[48:58] = 0, 1, 2
+
+
+def _parse_atom_lines(body: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(atomic numbers, positions, particle_id) of ``n`` atom lines in :func:`write_extxyz`'s fixed-width
+    format, parsed as arrays: each value's digits as one integer (one float64 matrix product, exact below
+    2^53), a position = its integer of 1e-8 Å / 1e8 — one correctly rounded division of two exactly
+    representable numbers, so the same double as ``float()`` of the text (the correctly rounded value of the
+    same decimal). ``None`` unless every line has exactly that form (spaces, an optional ``-``, digits; the
+    point and 8 decimals; a known element) — a value too wide for its field, other spacing: the caller then
+    splits the text. ≈ 4× faster than ``float()`` per token, and numpy releases the GIL that a Python loop
+    holds (the images and exit-wave stages work on structures in threads)."""
+    raw = body.encode("ascii", errors="replace")
+    if n <= 0 or len(raw) != _LINE * n:
+        return None
+    a = np.frombuffer(raw, dtype=np.uint8).reshape(n, _LINE)
+    if not (np.all(a[:, 62] == 10) and np.all(a[:, [2, 19, 36, 53]] == 32) and np.all(a[:, [10, 27, 44]] == 46)):
+        return None
+    cls = _CLASS[a]
+    digit = cls == 2
+    negative = np.empty((n, 4), dtype=bool)
+    for f, (lo, hi) in enumerate(_WHOLE):
+        if hi < 62 and not np.all(digit[:, hi + 1 : hi + 9]):
+            return None  # the 8 decimals
+        whole = cls[:, lo:hi]  # spaces, then at most one "-", then digits, ending in a digit
+        step = np.diff(whole, axis=1)
+        if not (np.all(whole[:, -1] == 2) and np.all(step >= 0) and np.all(whole >= 0)
+                and not np.any((step == 0) & (whole[:, 1:] == 1))):
+            return None
+        negative[:, f] = (whole == 1).any(axis=1)
+    values = ((a - np.uint8(48)) * digit).astype(np.float64) @ _WEIGHTS  # (n, 4)
+    positions = values[:, :3] / 1e8  # |value| < 1e7 Å (the field's width): the integer is below 2^53, exact
+    positions = np.where(negative[:, :3], -positions, positions)
+    ids = np.where(negative[:, 3], -values[:, 3], values[:, 3]).astype(np.int32)
+    codes, index = np.unique(a[:, 0].astype(np.uint16) << 8 | a[:, 1], return_inverse=True)
+    try:
+        known = np.array([atomic_numbers[bytes([c >> 8, c & 255]).decode().strip()] for c in codes.tolist()],
+                         dtype=int)
+    except (KeyError, UnicodeDecodeError):
+        return None
+    return known[index.reshape(-1)], positions, ids
+
+
 def _read_scene_fast(p: Path) -> Atoms | None:
     """The scenes :func:`write_extxyz` writes (one frame; header Lattice, Properties species/pos/particle_id,
     scene, pbc), parsed here: the same Atoms as ``ase.io.read`` (numbers, positions, cell and pbc bit for
@@ -93,19 +152,24 @@ def _read_scene_fast(p: Path) -> Atoms | None:
         cell = np.array([float(v) for v in m.group(1).split()], dtype=np.float64).reshape(3, 3)
     except ValueError:
         return None
-    tokens = body.split()
-    if len(tokens) != 5 * n:
-        return None  # more frames or a damaged file: ASE decides
-    try:  # float() is ASE's parse too (correctly rounded): the same doubles
-        positions = np.array([list(map(float, tokens[k::5])) for k in (1, 2, 3)], dtype=np.float64).T.reshape(n, 3)
-        pid = np.array(list(map(int, tokens[4::5])), dtype=np.int64).astype(np.int32)
-    except ValueError:
-        return None
-    species, index = np.unique(np.array(tokens[0::5]), return_inverse=True)
-    try:
-        numbers = np.array([atomic_numbers[str(x)] for x in species], dtype=int)[index.reshape(-1)]
-    except KeyError:
-        return None
+    parsed = _parse_atom_lines(body, n)
+    if parsed is None:
+        tokens = body.split()
+        if len(tokens) != 5 * n:
+            return None  # more frames or a damaged file: ASE decides
+        try:  # float() is ASE's parse too (correctly rounded): the same doubles
+            positions = np.array([list(map(float, tokens[k::5])) for k in (1, 2, 3)],
+                                 dtype=np.float64).T.reshape(n, 3)
+            pid = np.array(list(map(int, tokens[4::5])), dtype=np.int64).astype(np.int32)
+        except ValueError:
+            return None
+        species, index = np.unique(np.array(tokens[0::5]), return_inverse=True)
+        try:
+            numbers = np.array([atomic_numbers[str(x)] for x in species], dtype=int)[index.reshape(-1)]
+        except KeyError:
+            return None
+    else:
+        numbers, positions, pid = parsed
     atoms = Atoms(numbers=numbers, positions=np.ascontiguousarray(positions), cell=cell,
                   pbc=[v == "T" for v in m.group(4, 5, 6)])
     atoms.set_array("particle_id", pid)
