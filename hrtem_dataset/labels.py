@@ -64,26 +64,36 @@ def phase_field(
     signed: bool = False,
     blur: float = 1.0,
     pixel_size: float | Sequence[float] | None = None,
+    spectrum: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Blurred (|)phase(|) [rad] of the particle wave at the plane ``defocus`` [Å] (= −C10, > 0 above the
     exit plane), Fourier-cropped to ``pixel_size``; float32 on the output grid.
 
     Keyword options in the order of the computation: the beam ``energy`` [eV] and ``defocus`` pick the
     plane, ``signed`` keeps the sign of the phase (else |phase|), ``blur`` is the Gaussian σ [Å] and
-    ``pixel_size`` [Å] the output grid (``None``: the simulation grid)."""
+    ``pixel_size`` [Å] the output grid (``None``: the simulation grid). ``spectrum``: the ``fft2`` of one
+    configuration's wave, (1, nx, ny) or (nx, ny) on the CPU, when the caller has it (the images stage computes
+    it once for the zero-defocus calibration and the labels): the same bytes as transforming the wave here;
+    ignored for several configurations (their coherent mean is transformed)."""
     s = as_pair(sampling, "sampling")
     if not (math.isfinite(blur) and blur >= 0):
         raise InputError(f"blur: must be >= 0 Å, got {blur}")
     # coherent (elastic) average over phonon configurations
-    w = phonon_stack(particle_waves, torch.device("cpu"), "particle_waves").mean(dim=0)
+    stack = phonon_stack(particle_waves, torch.device("cpu"), "particle_waves")
+    w = stack.mean(dim=0)
     nx, ny = w.shape
+    if spectrum is not None and stack.shape[0] != 1:
+        spectrum = None  # several configurations: their coherent mean is transformed below
+    if spectrum is not None and (spectrum.numel() != nx * ny or spectrum.device != w.device):
+        raise InputError(f"spectrum: expected the particle wave's fft2 of shape {(nx, ny)} on the CPU, got "
+                         f"{tuple(spectrum.shape)} on {spectrum.device}")
     kx = torch.fft.fftfreq(nx, d=s[0], dtype=torch.float64)
     ky = torch.fft.fftfreq(ny, d=s[1], dtype=torch.float64)
     k2 = kx[:, None] ** 2 + ky[None, :] ** 2
     if defocus:
         lam = electron_wavelength(energy)
         prop = torch.polar(torch.ones_like(k2), math.pi * lam * float(defocus) * k2).to(torch.complex64)
-        w = torch.fft.ifft2(torch.fft.fft2(w) * prop)
+        w = torch.fft.ifft2((torch.fft.fft2(w) if spectrum is None else spectrum.reshape(nx, ny)) * prop)
     phase = torch.angle(w)
     if not signed:
         phase = phase.abs()
@@ -262,6 +272,7 @@ def make_labels(
     spec: LabelSpec | None = None,
     zero_defocus: float | None = None,
     energy: float = 300e3,
+    spectrum: torch.Tensor | None = None,
 ) -> dict:
     """Mask, instance map and per-particle table on the ``render_image`` grid at ``pixel_size``.
 
@@ -270,6 +281,7 @@ def make_labels(
     structure's calibrated minimum-contrast defocus [Å]; computed here when ``None`` and
     ``spec.plane == "zero_defocus"``. Returns ``mask`` bool (m_x, m_y), ``instances`` int32 (particle_id + 1,
     0 = background; 0/1 when ``spec.instances`` is false), ``particles`` list of dicts, ``zero_defocus``.
+    ``spectrum``: the particle waves' ``fft2`` when the caller has it (see :func:`phase_field`).
     """
     spec = spec or LabelSpec()
     s = as_pair(sampling, "sampling")
@@ -282,7 +294,7 @@ def make_labels(
     else:
         zd = float(zero_defocus)
     mask = phase_mask(particle_waves, s, threshold=spec.threshold, energy=energy, defocus=zd,
-                      signed=spec.phase == "signed", blur=spec.blur, pixel_size=pixel_size)
+                      signed=spec.phase == "signed", blur=spec.blur, pixel_size=pixel_size, spectrum=spectrum)
     instances = instance_map(atoms, mask, px)
     table = particle_table(atoms, instances, px)
     return {

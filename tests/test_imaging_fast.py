@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from hrtem_dataset.imaging import calibration, image_batch, render_image, transfer_function
+from hrtem_dataset.imaging._common import phonon_stack
 from hrtem_dataset.imaging.image import (
     _coefficients,
     _cropped_plans,
@@ -25,6 +26,7 @@ from hrtem_dataset.imaging.image import (
     wave_spectrum,
 )
 from hrtem_dataset.simulation.physics import wavelength
+from hrtem_dataset.spectra import fft2
 
 MTF = {"floor": 0.05, "half_width": 0.6, "power": 2.0}
 
@@ -362,6 +364,34 @@ def test_parabolic_search_evaluates_on_the_band_limited_grid_within_a_step_of_th
     assert abs(parabolic - ref) <= 0.1 + 1e-9 and round(parabolic * 10) == pytest.approx(parabolic * 10)
     with pytest.raises(calibration.InputError, match="search"):
         calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="golden")
+
+
+def test_a_shared_particle_spectrum_gives_the_same_zero_defocus_and_labels():
+    """The images stage transforms the particle wave once for the calibration and the labels: the same zero
+    defocus (fast and parabolic searches) and the same mask bytes as each transforming it; a spectrum of
+    another shape is refused naming the field."""
+    from hrtem_dataset.labels import make_labels, phase_field
+
+    atoms, wave, _ = _cluster_in_vacuum()
+    spectrum = fft2(phonon_stack(wave, None, "w"))
+    for search in ("fast", "parabolic"):
+        assert calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search=search,
+                                                  spectrum=spectrum) == \
+            calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search=search)
+    zd = calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="parabolic", spectrum=spectrum)
+    for px in (0.2, 0.25):
+        a = make_labels(wave, atoms, 0.1, px, zero_defocus=zd)
+        b = make_labels(wave, atoms, 0.1, px, zero_defocus=zd, spectrum=spectrum)
+        assert np.array_equal(a["mask"], b["mask"]) and np.array_equal(a["instances"], b["instances"])
+        assert np.array_equal(phase_field(wave, 0.1, defocus=zd, pixel_size=px),
+                              phase_field(wave, 0.1, defocus=zd, pixel_size=px, spectrum=spectrum[0]))
+    # several configurations: the labels transform their coherent mean and leave the spectrum aside
+    two = np.stack([wave, wave])
+    assert np.array_equal(phase_field(two, 0.1, defocus=zd), phase_field(two, 0.1, defocus=zd, spectrum=spectrum))
+    with pytest.raises(calibration.InputError, match="spectrum"):
+        calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", spectrum=spectrum[..., :64])
+    with pytest.raises(calibration.InputError, match="spectrum"):
+        phase_field(wave, 0.1, defocus=zd, spectrum=spectrum[..., :64])
 
 
 def test_parabola_vertex_is_exact_for_a_quadratic_and_stays_within_half_a_step():

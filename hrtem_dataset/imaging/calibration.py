@@ -477,6 +477,7 @@ def calibrate_zero_defocus(
     margin: float = 10.0,
     band: float | None = None,
     confirm: int | None = None,
+    spectrum: torch.Tensor | None = None,
 ) -> float:
     """Minimum-contrast defocus [Å] of the particles-in-vacuum exit wave (see module docstring).
 
@@ -494,7 +495,9 @@ def calibrate_zero_defocus(
     grid, then the vertex of a parabola instead of the later stages; within 0.1 Å of the grid search on the
     paper's steps, 2–3× faster than ``"fast"``); see the module docstring. ``band`` [Å⁻¹]: the coarse scan's
     band; ``confirm``: first-stage steps on each side of the scan's minimum evaluated on the full band
-    (defaults: 2 Å⁻¹ and 2 for ``"fast"``, 1.5 Å⁻¹ and 1 for ``"parabolic"``).
+    (defaults: 2 Å⁻¹ and 2 for ``"fast"``, 1.5 Å⁻¹ and 1 for ``"parabolic"``). ``spectrum``: the waves'
+    ``fft2`` (P, nx, ny) on ``device`` when the caller already has it (the images stage shares it with the
+    labels, :func:`..labels.make_labels`); the fast searches then skip their forward transform.
     """
     if search_range is None:
         search_range = defocus_search_range(atoms) if atoms is not None else (-50.0, 250.0)
@@ -515,7 +518,11 @@ def calibrate_zero_defocus(
     proxy, stride = None, 1
     if search != "grid":
         waves = phonon_stack(particle_waves, resolve_device(device), "particle_waves")
-        spectrum = fft2(waves)  # shared by the full-band evaluations and the band-limited scan
+        if spectrum is None:
+            spectrum = fft2(waves)  # shared by the full-band evaluations and the band-limited scan
+        elif tuple(spectrum.shape) != tuple(waves.shape) or spectrum.device != waves.device:
+            raise InputError(f"spectrum: expected the waves' fft2 of shape {tuple(waves.shape)} on {waves.device}, "
+                             f"got {tuple(spectrum.shape)} on {spectrum.device}")
         if search == "fast":
             f = _Memo(_window_contrast(waves, sampling, energy, atoms, margin, device, spectrum))
         else:

@@ -28,12 +28,14 @@ from .. import previews
 from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
+from ..imaging._common import phonon_stack
 from ..imaging.image import wave_spectrum
 from ..io import atomic_path, save_npz
 from ..jsonsafe import plain
 from ..labels import make_labels
 from ..seeding import derive_seed
 from ..specs import DatasetSpec
+from ..spectra import fft2
 from ..workspace import (
     claim_stage_dir,
     images_fingerprint,
@@ -155,10 +157,14 @@ def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
     # search the minimum-contrast plane over the particles' heights (faster and never outside them)
     has_particles = "particle_id" in atoms.arrays and bool((atoms.arrays["particle_id"] >= 0).any())
     # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
+    calibrating = spec.imaging.calibrate_zero_defocus and has_particles
+    # the particle waves' transform, once: the fast searches and the labels' zero-defocus plane both start from it
+    # (the same bytes as each transforming the waves); timed with the calibration, which needs it first
+    particle_spectrum = fft2(phonon_stack(w["particles"], None, "particle_waves")) if calibrating else None
     zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
                                          steps=tuple(spec.imaging.calibration_steps),
-                                         search=spec.imaging.calibration_search))
-            if spec.imaging.calibrate_zero_defocus and has_particles else 0.0)
+                                         search=spec.imaging.calibration_search, spectrum=particle_spectrum))
+            if calibrating else 0.0)
     calib_s += time.perf_counter() - t
     scene = dict(atoms.info.get("scene") or {})
     lineage = {"structure_id": structure_id(spec, i), "structure": plain(scene),
@@ -173,7 +179,7 @@ def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
         if key not in labels_cache:
             t = time.perf_counter()
             labels_cache[key] = make_labels(w["particles"], atoms, w["sampling"], key, spec.labels,
-                                            zero_defocus=zero, energy=w["energy"])
+                                            zero_defocus=zero, energy=w["energy"], spectrum=particle_spectrum)
             label_s += time.perf_counter() - t
         return labels_cache[key]
 
