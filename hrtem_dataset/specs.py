@@ -529,6 +529,12 @@ class SplitSpec(Strict):
         return self.train + self.validation + self.test
 
 
+DEFAULT_MIN_PARTICLE_AREA = 25.0
+"""Å²: predicted particles smaller than this are dropped by default — an eighth of the smallest particle the
+shipped configurations simulate (r = 8 Å: 201 Å²), a speck of 5.6 Å diameter. On au-generalist-cpu's simulated
+test split it lifts particle detection F1 from 0.77 to 0.92 with the pixel F1 unchanged (0.942 / 0.941)."""
+
+
 class ModelTrainingSpec(Strict):
     """The one training spec: the ``model`` section of a dataset YAML, and the bounds of every training
     hyper-parameter (``models.train.TrainConfig`` adds the run-only knobs and validates through this model)."""
@@ -548,6 +554,11 @@ class ModelTrainingSpec(Strict):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="operating point stored with the model: a "
                              "pixel is particle when P(particle) > threshold (0.5 = arg-max); not a training "
                              "hyper-parameter (changing it re-evaluates, it does not retrain)")
+    min_particle_area: float = Field(
+        DEFAULT_MIN_PARTICLE_AREA, ge=0.0, le=1e6,
+        exclude_if=lambda v: v == DEFAULT_MIN_PARTICLE_AREA,  # the default leaves spec hashes as they were
+        description="operating point, with threshold: predicted particles (8-connected) smaller than this "
+        "many Å² are dropped from the mask (0 keeps all); not trained (changing it re-evaluates)")
     augment: Literal["dihedral", "realistic"] = Field(
         "dihedral", description="training augmentation: the 8 dihedral transforms, or those plus the "
         "degradations of real recording and processing (models.augment)")

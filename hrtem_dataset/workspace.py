@@ -170,9 +170,10 @@ def dataset_fingerprint_from(spec: DatasetSpec, images: str) -> str:
 
 def model_fingerprint_from(spec: DatasetSpec, images: str) -> str:
     """What a trained model depends on: the training data (imaged samples + split sizes), the model
-    hyper-parameters (not ``min_f1`` and ``threshold``: a check floor and an operating point, not trained)
-    and the seed."""
-    model = spec.model.model_dump(mode="json", exclude={"min_f1", "threshold"}) if spec.model else None
+    hyper-parameters (not ``min_f1``, ``threshold`` and ``min_particle_area``: a check floor and the operating
+    point, not trained) and the seed."""
+    model = (spec.model.model_dump(mode="json", exclude={"min_f1", "threshold", "min_particle_area"})
+             if spec.model else None)
     return spec_hash({"images": images, "splits": spec.splits.model_dump(mode="json"),
                       "config": spec.config_name, "model": model, "seed": spec.seed})
 

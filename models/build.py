@@ -42,6 +42,7 @@ class ModelConfig:
     pixel_size: float | None = None
     normalization: str = "per-image-standardization"
     threshold: float = 0.5  # particle where P(particle) > threshold: the operating point (0.5 = arg-max)
+    min_particle_area: float = 0.0  # Å²: predicted particles smaller than this are dropped (0 keeps all)
     architecture: str = "Unet"
     extra: dict[str, Any] = field(default_factory=dict)
 

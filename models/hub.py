@@ -153,7 +153,7 @@ noise; labels from the particles' exit-wave phase) following Rangel DaCosta et a
 - One intensity channel; {config.normalization} (zero mean, unit standard deviation per image) is applied
   by the inference code.
 - Output: class indices per pixel (0 = background/substrate, 1 = particle): particle where
-  P(particle) > {config.threshold:g} (the operating point stored in `hrtem.json`; 0.5 is the arg-max).
+  P(particle) > {config.threshold:g}{_min_area_text(config)} (the operating point stored in `hrtem.json`; 0.5 is the arg-max).
 
 ## Training data
 - Dataset: `{ds_id}`{f" (config `{dataset.get('config')}`)" if dataset.get("config") else ""}{f", version {dataset['version']}" if dataset.get("version") else ""}{f", spec hash `{dataset['spec_hash']}`" if dataset.get("spec_hash") else ""}
@@ -456,20 +456,39 @@ def push_to_hub(folder_or_model, repo_id: str, *, token: str | None = None, revi
     return str(getattr(info, "commit_url", info))
 
 
-def set_threshold(model_dir: str | Path, threshold: float) -> bool:
-    """Change the operating point stored with a saved model (``hrtem.json`` ``model.threshold`` and the
-    card) without retraining; returns True when it changed. The ``metrics`` recorded at training time keep
-    the threshold they were measured at (``training.metrics_threshold``)."""
+def _min_area_text(config) -> str:
+    area = float(getattr(config, "min_particle_area", 0.0) or 0.0)
+    return f", predicted particles (8-connected) smaller than {area:g} Å² dropped" if area > 0 else ""
+
+
+def set_operating_point(model_dir: str | Path, threshold: float | None = None,
+                        min_particle_area: float | None = None) -> bool:
+    """Change the operating point stored with a saved model — ``threshold`` (P(particle) above it) and
+    ``min_particle_area`` (Å², smaller predicted particles dropped) in ``hrtem.json`` ``model`` and the card —
+    without retraining; ``None`` keeps a value. Returns True when anything changed. The ``metrics`` recorded
+    at training time keep the point they were measured at (``training.metrics_threshold``,
+    ``training.metrics_min_particle_area``)."""
     d = Path(model_dir)
     meta = read_metadata(d)
-    old = float(meta["model"].get("threshold", 0.5))
-    if not 0.0 < float(threshold) < 1.0:
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold: must be in (0, 1), got {threshold}")
-    if old == float(threshold):
-        return False
-    meta["model"]["threshold"] = float(threshold)
+    if min_particle_area is not None and not (math.isfinite(float(min_particle_area)) and float(min_particle_area) >= 0):
+        raise InputError(f"min_particle_area: must be a number of Å² >= 0, got {min_particle_area}")
+    changed = False
     training = meta.setdefault("training", {})
-    training.setdefault("metrics_threshold", old)
-    write_metadata(d, meta)
-    _write_card(d, meta)
-    return True
+    for key, value, default in (("threshold", threshold, 0.5), ("min_particle_area", min_particle_area, 0.0)):
+        old = float(meta["model"].get(key, default))
+        if value is None or old == float(value):
+            continue
+        meta["model"][key] = float(value)
+        training.setdefault(f"metrics_{key}", old)
+        changed = True
+    if changed:
+        write_metadata(d, meta)
+        _write_card(d, meta)
+    return changed
+
+
+def set_threshold(model_dir: str | Path, threshold: float) -> bool:
+    """:func:`set_operating_point` of the threshold alone."""
+    return set_operating_point(model_dir, threshold=threshold)

@@ -30,7 +30,7 @@ from .data import load_user_folder, standardize
 from .device import resolve_device
 from .hub import from_pretrained
 from .imageio import mask_png_bytes, read_image, resample, rescaled_shape
-from .metrics import particle_table
+from .metrics import label_particles, particle_table
 
 
 def _device(device: str | None):
@@ -105,14 +105,41 @@ def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes:
     return 4 * (work * (classes + 5) + own * (classes + 3))
 
 
-def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw) -> np.ndarray:
+def check_min_area(min_area: float | None) -> float | None:
+    """``min_area`` [Å²] when it is None or a finite number ≥ 0, else :class:`InputError` naming ``--min-area``."""
+    if min_area is not None and not (math.isfinite(float(min_area)) and float(min_area) >= 0):
+        raise InputError(f"--min-area: must be a number of Å² >= 0, got {min_area}")
+    return None if min_area is None else float(min_area)
+
+
+def remove_small_particles(mask: np.ndarray, pixel_size: float | None, min_area: float) -> np.ndarray:
+    """``mask`` (uint8 0/1) without its particles — 8-connected components, as the metrics and the particle
+    table count them — smaller than ``min_area`` Å² at ``pixel_size`` Å; unchanged when either is 0/None."""
+    m = np.asarray(mask).astype(np.uint8)
+    if not (min_area and min_area > 0 and pixel_size):
+        return m
+    labels, n = label_particles(m)
+    if n == 0:
+        return m
+    keep = np.bincount(labels.ravel(), minlength=n + 1) * float(pixel_size) ** 2 >= float(min_area)
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, *, min_area: float | None = None,
+                 **kw) -> np.ndarray:
     """Binary particle mask (uint8 0/1) of ``image`` on its own grid: P(particle) above the model's
-    ``threshold`` (its operating point, 0.5 unless the model was saved with another).
+    ``threshold``, without the predicted particles smaller than its ``min_particle_area`` Å² — the operating
+    point stored with the model (0.5 and 0 unless it was saved with others). ``min_area`` [Å²] overrides
+    the model's (0 keeps every particle); areas use ``pixel_size``, else the model's pixel size.
 
     When both ``pixel_size`` (Å) and the model's training pixel size are known and differ by more than 1 %,
     the image is resampled to the model's pixel size first and the probabilities back afterwards.
     """
     model_px = getattr(model.hrtem_config, "pixel_size", None)
+    min_area = check_min_area(min_area)
+    if min_area is None:
+        min_area = float(getattr(model.hrtem_config, "min_particle_area", 0.0) or 0.0)
     img = np.asarray(image, np.float32)
     shape = img.shape
     rescale = bool(pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.01)
@@ -127,8 +154,10 @@ def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, **kw
         prob = np.stack([resample(p, shape) for p in prob])
     threshold = float(getattr(model.hrtem_config, "threshold", 0.5))
     if prob.shape[0] == 2:  # binary: the model's operating point (0.5 is the arg-max)
-        return (prob[1] > threshold).astype(np.uint8)
-    return (np.argmax(prob, axis=0) == 1).astype(np.uint8)
+        mask = (prob[1] > threshold).astype(np.uint8)
+    else:
+        mask = (np.argmax(prob, axis=0) == 1).astype(np.uint8)
+    return remove_small_particles(mask, pixel_size or model_px, min_area)
 
 
 CSV_COLUMNS = ["particle", "area_px", "area_A2", "equivalent_diameter_A", "centroid_row", "centroid_col",
@@ -146,7 +175,7 @@ def particles_csv(rows: list[dict]) -> str:
 
 def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path | None = None,
             pixel_size: float | None = None, tile: int = 512, overlap: int = 64,
-            device: str | None = None) -> dict:
+            device: str | None = None, min_area: float | None = None) -> dict:
     """Segment a micrograph; optionally write the mask PNG and the per-particle CSV (both or neither).
 
     ``image``: a path (dm3, dm4, emd, ser, mrc, tif, png, npy, ...) or a 2-D array; ``model``: a model, a local folder or a
@@ -154,9 +183,12 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
     without either, the model's pixel size is assumed (a warning is printed). The mask PNG holds class
     indices (0 background, 1 particle; black/white palette); the CSV has one row per connected particle
     (areas in Å², equivalent diameter in Å, centroids in pixels and Å) and defaults to ``out`` with
-    suffix ``.csv``. Returns ``dict(mask, particles, pixel_size, pixel_size_source, mask_path, csv_path)``.
+    suffix ``.csv``. ``min_area`` [Å²]: drop predicted particles smaller than this (default: the model's
+    ``min_particle_area``; 0 keeps all). Returns ``dict(mask, particles, pixel_size, pixel_size_source,
+    mask_path, csv_path)``.
     """
     resolve_device(device)  # before loading anything
+    check_min_area(min_area)
     if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
         raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
     if out is not None:  # output targets checked before any work: both files or neither, nothing foreign
@@ -186,7 +218,7 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
         if out is not None:
             print(f"warning: {image if isinstance(image, str | Path) else 'image'} has no pixel-size "
                   f"calibration; assuming the model's {model_px} Å (pass --pixel-size)", file=sys.stderr)
-    mask = predict_mask(model, img, px, tile=tile, overlap=overlap, device=device)
+    mask = predict_mask(model, img, px, tile=tile, overlap=overlap, device=device, min_area=min_area)
     rows = particle_table(mask, px)
     result = {"mask": mask, "particles": rows, "pixel_size": px, "pixel_size_source": source,
               "model_pixel_size": model_px, "mask_path": None, "csv_path": None}
@@ -204,7 +236,7 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
 
 def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size: float | None = None,
                    pixel_sizes: str | Path | None = None, tile: int = 512, overlap: int = 64,
-                   device: str | None = None, progress: bool = True) -> dict:
+                   device: str | None = None, progress: bool = True, min_area: float | None = None) -> dict:
     """Segment every micrograph of ``folder`` (its ``images/`` subfolder when there is one) into
     ``out_dir/NAME.png`` (mask) + ``out_dir/NAME.csv`` (particles) + ``out_dir/summary.csv``.
 
@@ -217,6 +249,7 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
 
 
     resolve_device(device)
+    check_min_area(min_area)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"--out {out_dir}: must be a new or empty folder (nothing is overwritten)")
@@ -234,7 +267,8 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("segment", total=len(samples))
             for s in samples:
-                mask = predict_mask(model, s.image, s.pixel_size, tile=tile, overlap=overlap, device=device)
+                mask = predict_mask(model, s.image, s.pixel_size, tile=tile, overlap=overlap, device=device,
+                                    min_area=min_area)
                 rows = particle_table(mask, s.pixel_size)
                 (tmp / f"{s.name}.png").write_bytes(mask_png_bytes(mask))
                 (tmp / f"{s.name}.csv").write_text(particles_csv(rows))

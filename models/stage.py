@@ -5,7 +5,7 @@ library never imports :mod:`models`; the models depend on it.
 
 Format — ``<config_dir>/model/``: a Hub model repo layout (``model.safetensors``, ``config.json``,
 ``hrtem.json``, ``README.md``) plus ``.hrtem-fingerprint`` (:func:`~hrtem_dataset.workspace.model_fingerprint`:
-a complete model of the same fingerprint is reused, only its threshold is updated) and
+a complete model of the same fingerprint is reused, only its operating point is updated) and
 ``.hrtem-metrics.json`` (validation metrics); ``<config_dir>/evaluation.json``: ``{"split", "metrics"}`` on the
 test split (validation when there is none). Publishing copies the model folder (and ``evaluation.json``,
 so that the card reports the held-out metrics) and, with a repo id, pushes it tagged ``v<version>``.
@@ -31,7 +31,7 @@ from hrtem_dataset.stages.dataset import published_result
 from hrtem_dataset.workspace import dataset_dir, evaluation_path, model_dir, model_fingerprint, published_dir
 
 from .hooks import evaluate_model, train_from_spec
-from .hub import card_with_evaluation, push_to_hub, set_threshold
+from .hub import card_with_evaluation, push_to_hub, set_operating_point
 
 METRIC_ABOVE_FLOOR = CheckSpec("metric_above_floor", "test F1 ≥ model.min_f1 of the spec")
 
@@ -66,7 +66,8 @@ def train_model(spec: DatasetSpec, root=None, *, device: str | None = None, forc
     complete = (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     t0 = time.perf_counter()
     if complete and not force and fp_file.exists() and fp_file.read_text().strip() == fp:
-        set_threshold(out, spec.model.threshold)  # the operating point is not trained: no retraining
+        # the operating point is not trained: no retraining
+        set_operating_point(out, spec.model.threshold, spec.model.min_particle_area)
         metrics = json.loads((out / ".hrtem-metrics.json").read_text()) if (out / ".hrtem-metrics.json").exists() else {}
         return {"path": str(out), "reused": True, "seconds": time.perf_counter() - t0, **_flat_numbers(metrics)}
     if fp_file.exists() and fp_file.read_text().strip() != fp:

@@ -47,6 +47,7 @@ from hrtem_dataset.jsonsafe import finite
 from hrtem_dataset.progress import bar as tqdm
 from hrtem_dataset.seeding import check_seed, derive_seed
 from hrtem_dataset.specs import (
+    DEFAULT_MIN_PARTICLE_AREA,
     DatasetSpec,
     ImagingDistributionSpec,
     ModelTrainingSpec,
@@ -105,6 +106,7 @@ class TrainConfig:
     amp: bool = True
     augment: str = "dihedral"
     threshold: float = 0.5
+    min_particle_area: float = DEFAULT_MIN_PARTICLE_AREA
 
     def check(self) -> TrainConfig:
         """The hyper-parameters :class:`~hrtem_dataset.specs.ModelTrainingSpec` has are validated by it (one
@@ -400,7 +402,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     # ---- resume ------------------------------------------------------------------------------------
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
-    fingerprint = {"train": {k: v for k, v in cfg.to_dict().items() if k != "threshold"}, "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
+    fingerprint = {"train": {k: v for k, v in cfg.to_dict().items() if k not in ("threshold", "min_particle_area")}, "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
                    "dataset": str(dataset), "config": config, "user_data": str(user_data) if user_data else None}
     fingerprint = json.loads(json.dumps(fingerprint))
     step, start_epoch, history, skip_batches, epoch_acc = 0, 0, [], 0, None
@@ -501,6 +503,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     # ---- final evaluation and model folder ---------------------------------------------------------
     model.eval()
     mcfg.threshold = float(cfg.threshold)  # the operating point the saved model (and its metrics) use
+    mcfg.min_particle_area = float(cfg.min_particle_area)
     metrics = validate(model, val, device=dev, detection=True) if val else {}
     metrics = {k: v for k, v in metrics.items()}
     if history:

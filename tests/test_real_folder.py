@@ -267,3 +267,54 @@ def test_model_threshold_is_the_operating_point_and_changes_without_retraining(t
     assert f"P(particle) > {thr:g}" in (tmp_path / "m" / "README.md").read_text()
     with pytest.raises(InputError):
         set_threshold(tmp_path / "m", 1.5)
+
+
+def test_min_particle_area_drops_small_predicted_particles_and_is_an_operating_point(tmp_path):
+    """Predicted particles (8-connected components) smaller than the model's ``min_particle_area`` Å² are
+    dropped from the mask and so from the particle table; ``min_area`` overrides it (0 keeps all); areas use
+    the image's pixel size, else the model's; a bad value is refused naming ``--min-area`` before any work;
+    set_operating_point stores it in hrtem.json and the card without touching the weights."""
+    from models.build import build_model
+    from models.hub import from_pretrained, save_pretrained, set_operating_point
+    from models.inference import predict_mask, remove_small_particles, segment
+    from models.metrics import label_particles
+
+    n = 96
+    big, small = disc(n, 12, 30, 30), disc(n, 2, 70, 70)  # ≈ 450 and 13 pixels
+    diagonal = np.zeros((n, n), bool)
+    diagonal[85, 10] = diagonal[86, 11] = True  # one 8-connected particle of 2 pixels
+    img = np.where(big | small | diagonal, 200.0, 60.0).astype(np.float32)
+    model = ThresholdModel(0.5)  # 0.5 Å pixels: ≈ 113, 3.3 and 0.5 Å²
+    everything = predict_mask(model, img, 0.5)
+    assert label_particles(everything)[1] == 3 and np.array_equal(everything.astype(bool), big | small | diagonal)
+    model.hrtem_config.min_particle_area = 25.0
+    assert np.array_equal(predict_mask(model, img, 0.5).astype(bool), big)
+    assert np.array_equal(predict_mask(model, img), predict_mask(model, img, 0.5))  # the model's pixel size
+    assert np.array_equal(predict_mask(model, img, 0.5, min_area=0), everything)
+    assert not predict_mask(model, img, 0.5, min_area=200.0).any()  # even the big one (113 Å²) goes
+    assert np.array_equal(remove_small_particles(everything, 0.5, 3.0).astype(bool), big | small)
+    assert np.array_equal(remove_small_particles(everything, None, 25.0), everything)  # no pixel size: kept
+    assert len(segment(img, model, pixel_size=0.5)["particles"]) == 1
+    assert len(segment(img, model, pixel_size=0.5, min_area=0)["particles"]) == 3
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match="--min-area"):
+            segment(img, model, pixel_size=0.5, min_area=bad)
+    rc, out, err = run_cli(["segment", tmp_path / "nothing.png", "--model", tmp_path / "m", "--out",
+                            tmp_path / "o.png", "--min-area", "-1", "--device", "cpu"])
+    assert rc == 2 and err.startswith("error: --min-area") and not (tmp_path / "o.png").exists()
+
+    torch.manual_seed(0)
+    unet = build_model("tu-resnet18", encoder_depth=2, decoder_channels=(16, 8))
+    unet.hrtem_config.pixel_size = 0.5
+    save_pretrained(unet, tmp_path / "m", metrics={"f1": 0.5})
+    assert from_pretrained(tmp_path / "m").hrtem_config.min_particle_area == 0.0  # saved before: keeps all
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    assert set_operating_point(tmp_path / "m", min_particle_area=25.0)
+    assert not set_operating_point(tmp_path / "m", 0.5, 25.0)  # nothing changed
+    assert from_pretrained(tmp_path / "m").hrtem_config.min_particle_area == 25.0
+    meta = json.loads((tmp_path / "m" / "hrtem.json").read_text())
+    assert meta["training"]["metrics_min_particle_area"] == 0.0 and "metrics_threshold" not in meta["training"]
+    assert "smaller than 25 Å² dropped" in (tmp_path / "m" / "README.md").read_text()
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
+    with pytest.raises(InputError, match="min_particle_area"):
+        set_operating_point(tmp_path / "m", min_particle_area=-5.0)

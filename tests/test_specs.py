@@ -202,3 +202,22 @@ def test_pixel_size_finer_than_the_sampling_is_rejected():
     assert "imaging.recorded_pixel_size (0.15 Å) is finer than simulation.sampling (0.2 Å)" in msg
     assert validate_spec({**base, "imaging": {"pixel_size": 0.2, "recorded_pixel_size": {"min": 0.2, "max": 0.5}}},
                          DatasetSpec).imaging.pixel_size == 0.2
+
+
+def test_min_particle_area_is_an_operating_point_not_a_training_setting():
+    """``model.min_particle_area`` (Å², default 25): bounds checked naming the field; the default leaves spec
+    hashes as they were and no value changes the model fingerprint (it is not trained)."""
+    from hrtem_dataset.seeding import spec_hash
+    from hrtem_dataset.specs import DEFAULT_MIN_PARTICLE_AREA, ModelTrainingSpec, load_spec
+    from hrtem_dataset.workspace import model_fingerprint_from
+
+    assert ModelTrainingSpec().min_particle_area == DEFAULT_MIN_PARTICLE_AREA == 25.0
+    assert "min_particle_area" not in ModelTrainingSpec().model_dump(mode="json")
+    for bad in (-1.0, float("nan"), 1e7):
+        with pytest.raises(ValidationError, match="min_particle_area"):
+            ModelTrainingSpec(min_particle_area=bad)
+    spec = load_spec("configs/au-baseline-cpu.yaml", DatasetSpec)
+    other = spec.model_copy(update={"model": spec.model.model_copy(update={"min_particle_area": 0.0})})
+    same = spec.model_copy(update={"model": spec.model.model_copy(update={"min_particle_area": 25.0})})
+    assert spec_hash(same.model_dump(mode="json")) == spec_hash(spec.model_dump(mode="json"))
+    assert model_fingerprint_from(other, "images") == model_fingerprint_from(spec, "images")

@@ -117,6 +117,8 @@ def segment_cmd(
     csv_path: Path = typer.Option(None, "--csv", help="Per-particle CSV (default: OUT with suffix .csv)."),
     tile: int = typer.Option(512, "--tile", help="Tile size for large images (pixels at the model's pixel size)."),
     overlap: int = typer.Option(64, "--overlap"),
+    min_area: float = typer.Option(None, "--min-area", help="Drop predicted particles smaller than this many Å² "
+                                   "(default: the model's min_particle_area; 0 keeps all)."),
     device: str = device_option(),
     progress: bool = typer.Option(True, "--progress/--quiet", " /-q", help="Progress bar on stderr (folder mode)."),
 ) -> None:
@@ -131,7 +133,7 @@ def segment_cmd(
         if csv_path is not None:
             raise InputError("--csv: not used for a folder (each image gets OUT/NAME.csv)")
         res = segment_folder(image, model, out, pixel_size=pixel_size, pixel_sizes=pixel_sizes, tile=tile,
-                             overlap=overlap, device=device, progress=progress)
+                             overlap=overlap, device=device, progress=progress, min_area=min_area)
         typer.echo(json.dumps(res))
         return
     if pixel_sizes is not None:
@@ -139,7 +141,7 @@ def segment_cmd(
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the mask is written as PNG, use a .png name")
     res = segment(image, model, out=out, csv_path=csv_path, pixel_size=pixel_size, tile=tile, overlap=overlap,
-                  device=device)
+                  device=device, min_area=min_area)
     typer.echo(json.dumps({"mask": res["mask_path"], "csv": res["csv_path"], "shape": list(res["mask"].shape),
                            "particles": len(res["particles"]), "pixel_size": res["pixel_size"],
                            "pixel_size_source": res["pixel_size_source"]}))
