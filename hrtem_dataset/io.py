@@ -177,10 +177,10 @@ def read_npz(path: str | os.PathLike) -> dict:
 
     Members stored uncompressed (``np.savez``) are read straight into their arrays: one ``readinto`` each, the
     zip CRC-32 checked with ``zlib.crc32``; both run without Python's GIL. ``np.load`` reads them through
-    ``zipfile`` in 256 KiB pieces and holds the GIL for most of it (≈ 12 ms for a 13 MB exit-wave file),
-    which stalls every other thread of the process: the images stage images structures in threads, and each
-    torch call of another worker then waits for the GIL. Compressed members, object arrays and .npy format
-    3.0 headers go through ``np.load``. A damaged file raises :class:`InputError` naming it."""
+    ``zipfile`` in 256 KiB pieces with Python code around each, which competes for the GIL with the torch
+    calls of other threads (the images stage images structures in threads). Compressed members, object
+    arrays and .npy format 3.0 headers go through ``np.load``. A damaged file raises :class:`InputError`
+    naming it."""
     import struct
     import zipfile
     import zlib
