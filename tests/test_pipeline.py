@@ -15,7 +15,7 @@ from dagster_helpers import isolated_hf_datasets_cache, tiny_spec_dict  # noqa: 
 from hrtem_dataset import pipeline as pl
 from hrtem_dataset.errors import InputError
 from hrtem_dataset.seeding import derive_seed
-from hrtem_dataset.specs import DatasetSpec
+from hrtem_dataset.specs import DatasetSpec, load_spec
 
 
 def _spec(**kw) -> DatasetSpec:
@@ -324,6 +324,18 @@ def test_fast_zero_defocus_search_gives_the_grid_searchs_images_and_labels(tmp_p
     for k in grid:
         if k != "rows" and int(k.rsplit("_", 1)[1]) in same:
             assert np.array_equal(grid[k], shards["parabolic"][k]), k
+
+
+def test_structure_memory_estimate_counts_every_element_a_scene_can_hold():
+    """The side-by-side exit-wave stage sizes one structure with the elements its scenes can hold: the particle
+    materials' (elements and compounds) and the carbon substrate's."""
+    from hrtem_dataset.stages.exit_waves import scene_species
+
+    assert scene_species(load_spec("configs/au-baseline-cpu.yaml", DatasetSpec)) == 2  # Au, C
+    assert scene_species(load_spec("configs/au-generalist.yaml", DatasetSpec)) == 5  # Au, Ag, Pt, Pd, C
+    d = tiny_spec_dict(model=False)
+    d["structures"]["particles"]["materials"] = {"values": ["Au", "ZnO", "C"]}
+    assert scene_species(DatasetSpec.model_validate(d)) == 4  # Au, Zn, O, C
 
 
 def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_path, monkeypatch):

@@ -108,11 +108,23 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
             "exit_waves": waves_done, "waves_per_s": rate(waves_done, dt), "atoms_per_s": rate(atoms_done, dt)}
 
 
+def scene_species(spec: DatasetSpec) -> int:
+    """Elements a scene of ``spec`` can hold: those of every particle material (element, compound or CIF) and the
+    amorphous carbon substrate's."""
+    from ..crystals import get_crystal
+
+    elements = {6}
+    for material in spec.structures.particles.materials.values:
+        elements.update(int(z) for z in np.asarray(get_crystal(material).numbers).ravel())
+    return len(elements)
+
+
 def structure_workers(spec: DatasetSpec, sim, n_structures: int) -> int:
     """Structures simulated at once: on a CPU with 2–3 torch threads (where the torch engine otherwise pipelines
     one structure over the cores), one single-threaded structure per thread — every core on whole structures, no
     fill and drain per structure (au-baseline-cpu shard 0 on 2 cores: 2.8 s instead of 3.4 s, see README,
-    "Performance") — as many as half the memory limit holds at the engine's estimate for one structure; else 1."""
+    "Performance") — as many as half the memory limit holds at the engine's estimate for one structure (with every
+    element a scene of the spec can hold: :func:`scene_species`); else 1."""
     import torch
 
     from ..device import resolve_device
@@ -126,7 +138,7 @@ def structure_workers(spec: DatasetSpec, sim, n_structures: int) -> int:
     limit = memory_limit()
     if n > 1 and limit:
         grid = Grid.from_sampling((spec.structures.cell.x, spec.structures.cell.y), sim.sampling)
-        one = memory_estimate(grid, max(sim.phonons, 1) + 1, n_species=2, device="cpu")
+        one = memory_estimate(grid, max(sim.phonons, 1) + 1, n_species=scene_species(spec), device="cpu")
         n = max(1, min(n, int(limit // 2 // max(one, 1))))
     return n
 
