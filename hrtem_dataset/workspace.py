@@ -37,7 +37,7 @@ from . import __version__
 from .errors import InputError, format_validation_error
 from .io import atomic_write_text, workspace_root
 from .seeding import spec_hash
-from .specs import DatasetSpec, SimulationSpec
+from .specs import OPERATING_POINT, DatasetSpec, SimulationSpec
 
 SPLITS = ("train", "validation", "test")
 
@@ -172,8 +172,7 @@ def model_fingerprint_from(spec: DatasetSpec, images: str) -> str:
     """What a trained model depends on: the training data (imaged samples + split sizes), the model
     hyper-parameters (not ``min_f1``, ``threshold`` and ``min_particle_area``: a check floor and the operating
     point, not trained) and the seed."""
-    model = (spec.model.model_dump(mode="json", exclude={"min_f1", "threshold", "min_particle_area"})
-             if spec.model else None)
+    model = spec.model.model_dump(mode="json", exclude={"min_f1", *OPERATING_POINT}) if spec.model else None
     return spec_hash({"images": images, "splits": spec.splits.model_dump(mode="json"),
                       "config": spec.config_name, "model": model, "seed": spec.seed})
 

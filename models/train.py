@@ -48,6 +48,7 @@ from hrtem_dataset.progress import bar as tqdm
 from hrtem_dataset.seeding import check_seed, derive_seed
 from hrtem_dataset.specs import (
     DEFAULT_MIN_PARTICLE_AREA,
+    OPERATING_POINT,
     DatasetSpec,
     ImagingDistributionSpec,
     ModelTrainingSpec,
@@ -402,7 +403,7 @@ def train(dataset: str | Path | None = None, out_dir: str | Path = "model", *, c
     # ---- resume ------------------------------------------------------------------------------------
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
-    fingerprint = {"train": {k: v for k, v in cfg.to_dict().items() if k not in ("threshold", "min_particle_area")}, "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
+    fingerprint = {"train": {k: v for k, v in cfg.to_dict().items() if k not in OPERATING_POINT}, "model": mcfg.to_dict(), "crop": crop, "total_steps": total_steps,
                    "dataset": str(dataset), "config": config, "user_data": str(user_data) if user_data else None}
     fingerprint = json.loads(json.dumps(fingerprint))
     step, start_epoch, history, skip_batches, epoch_acc = 0, 0, [], 0, None
