@@ -171,7 +171,6 @@ def check_output_folder(path: str | os.PathLike, allowed: tuple[str, ...], optio
     return p
 
 
-
 def read_npz(path: str | os.PathLike) -> dict:
     """The arrays of an ``.npz`` file, like ``dict(np.load(path, allow_pickle=False))``.
 
@@ -191,13 +190,13 @@ def read_npz(path: str | os.PathLike) -> dict:
     fmt = np.lib.format
     out: dict = {}
     try:
+        slow: set[str] = set()  # members np.load reads
         with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
-            infos = zf.infolist()
-            slow = [i for i in infos if i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 0x1]
-            for info in infos:
-                if info in slow:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                    slow.add(name)
                     continue
-                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 fh.seek(info.header_offset)
                 local = fh.read(30)
                 if local[:4] != b"PK\x03\x04":
@@ -206,7 +205,7 @@ def read_npz(path: str | os.PathLike) -> dict:
                 fh.seek(start)
                 version = fmt.read_magic(fh)
                 if version not in ((1, 0), (2, 0)):
-                    slow.append(info)
+                    slow.add(name)
                     continue
                 read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, dtype = read_header(fh)
@@ -225,9 +224,8 @@ def read_npz(path: str | os.PathLike) -> dict:
                     raise ValueError("CRC mismatch")
                 out[name] = arr.T if fortran else arr
         if slow:
-            names = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename for i in slow}
             with np.load(path, allow_pickle=False) as z:
-                out.update({k: z[k] for k in z.files if k in names})
+                out.update({k: z[k] for k in z.files if k in slow})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as exc:
         raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     return out
