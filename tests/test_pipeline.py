@@ -395,3 +395,67 @@ def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_
         assert done == [pl.waves_path(spec, i, root).name for i in spec.shard_indices(0)[:2]], broken
         assert all(pl.waves_path(spec, i, root).read_bytes() == one_by_one[i] for i in spec.shard_indices(0)[:2])
         assert not list(waves_dir.glob(".*tmp*"))
+
+
+def test_stages_run_without_full_garbage_collections_and_restore_the_collector(built, monkeypatch):
+    """The per-shard stages pause the cyclic collector (a full collection holds the GIL for ~0.1 s and stalls
+    the other workers): inside every stage function, including the images workers' threads, it is off; after
+    it, on again — also after an error, after nested and overlapping blocks — and left off if it was off."""
+    import gc
+    import threading
+
+    from hrtem_dataset.stages import images as stage
+    from hrtem_dataset.workspace import gc_deferred
+
+    spec, root, _, _ = built
+    seen = []
+    original = stage._image_structure
+
+    def spy(spec_, i, root_=None):
+        seen.append(gc.isenabled())
+        return original(spec_, i, root_)
+
+    monkeypatch.setattr(stage, "_image_structure", spy)
+    assert gc.isenabled()
+    pl.image_shard(spec, 0, root, force=True, workers=2)
+    assert seen and not any(seen) and gc.isenabled()
+    from hrtem_dataset.stages import exit_waves, structures
+
+    for module, name, fn in ((structures, "sample_scene", pl.build_structures_shard),
+                             (exit_waves, "_write_waves", pl.simulate_shard)):
+        inner = getattr(module, name)
+        seen.clear()
+        monkeypatch.setattr(module, name, lambda *a, _f=inner, **k: (seen.append(gc.isenabled()), _f(*a, **k))[1])
+        fn(spec, 0, root, force=True)  # the same files again
+        assert seen and not any(seen) and gc.isenabled(), name
+
+    @gc_deferred()
+    def failing():
+        assert not gc.isenabled()
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        failing()
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with gc_deferred():
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=other)
+    with gc_deferred():
+        t.start()
+        inside.wait(5)
+    assert not gc.isenabled()  # the other block is still open
+    release.set()
+    t.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_deferred():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()

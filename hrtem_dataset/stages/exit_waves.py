@@ -37,6 +37,7 @@ from ..specs import DatasetSpec
 from ..workspace import (
     claim_stage_dir,
     fingerprints,
+    gc_deferred,
     one_writer,
     previews_dir,
     shard_indices,
@@ -56,6 +57,7 @@ VACUUM_INTENSITY = CheckSpec("vacuum_intensity",
 
 
 @one_writer("waves")
+@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
 def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None = None,
                    device: str | None = None, *, force: bool = False) -> dict:
     """Multislice exit waves of every structure of ``shard`` into ``waves/<structure_id>.npz`` (the module's

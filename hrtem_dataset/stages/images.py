@@ -38,6 +38,7 @@ from ..specs import DatasetSpec
 from ..spectra import fft2
 from ..workspace import (
     claim_stage_dir,
+    gc_deferred,
     images_fingerprint,
     images_path,
     one_writer,
@@ -62,6 +63,7 @@ LABEL_COVERAGE = CheckSpec("label_coverage",
 
 
 @one_writer("images")
+@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
 def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False, workers: int | None = None) -> dict:
     """Images and labels of every structure of ``shard`` into ``images/shard-NNNNN.npz`` (one file).
 

@@ -28,6 +28,7 @@ from ..workspace import (
     SPLITS,
     claim_stage_dir,
     fingerprints,
+    gc_deferred,
     one_writer,
     previews_dir,
     shard_indices,
@@ -96,6 +97,7 @@ def read_structure_specs(spec: DatasetSpec, root=None) -> list[dict]:
 
 
 @one_writer("structures")
+@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
 def build_structures_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False) -> dict:
     """Build the atoms of every structure of ``shard`` into ``structures/<structure_id>.extxyz``.
 
