@@ -22,8 +22,9 @@ Timing: each stage's own ``seconds`` (the stage function, without interpreter st
 ``labelled_images_per_hour`` = labelled rows of the shard / (structures + exit waves + images seconds) ×
 3600; for ``kind: exit_waves`` configurations the rows are labelled structures (no images are rendered).
 The images stage images ``images_workers`` structures at once (see ``hrtem_dataset.stages.images``): its
-``imaging_s`` is wall time, ``imaging_work_s`` and ``zero_defocus_calibration_s`` are seconds summed over the
-workers. ``zero_defocus_calibration_share_of_imaging`` (calibration seconds / the stage's work seconds) and
+``imaging_s`` is wall time, ``imaging_work_s``, ``zero_defocus_calibration_s`` and ``particle_spectrum_s`` (the
+particle waves' forward transform, shared by the calibration and the labels and timed on its own: the labels
+need it without a calibration) are seconds summed over the workers. ``zero_defocus_calibration_share_of_imaging`` (calibration seconds / the stage's work seconds) and
 ``exit_waves_share_of_labelled_stages``: the shares the speed targets are stated in.
 
 FFT floor (CPU): the exit-wave stage counts the FFTs its multislice runs (the engine's phase profiler), then
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         ab = _images_workers_ab(spec_file, root, r["images"]["stats"]["workers"]) if a.images_workers_ab else None
         overhead = None if a.no_dagster else _dagster_overhead(a.config, spec, root, Path(tmp) / "out")
     s, w, i = (r[k]["stats"] for k in STAGES)
-    i = {"calibration_s": 0.0, "work_s": 0.0, "workers": 0, **i}  # a reused images shard reports no work
+    i = {"calibration_s": 0.0, "particle_spectrum_s": 0.0, "work_s": 0.0, "workers": 0, **i}  # a reused shard: no work
     floor = r["exit_waves"].get("fft_floor")
     labelled_s = s["seconds"] + w["seconds"] + i["seconds"]
     peak = {k: r[k]["peak_rss"] for k in STAGES}
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         "exit_waves_over_fft_floor": round(w["seconds"] / floor["wall_s"], 2) if floor else None,
         "labelled_images_per_hour_fft_bound": round(i["rows"] / floor["wall_s"] * 3600, 1) if floor else None,
         "imaging_s": round(i["seconds"], 3), "zero_defocus_calibration_s": round(i["calibration_s"], 3),
+        "particle_spectrum_s": round(i["particle_spectrum_s"], 3),
         "imaging_work_s": round(i["work_s"], 3), "images_workers": i["workers"], "images_workers_ab": ab,
         "zero_defocus_calibration_share_of_imaging": round(i["calibration_s"] / i["work_s"], 3) if i["work_s"] else None,
         "exit_waves_share_of_labelled_stages": round(w["seconds"] / labelled_s, 3) if labelled_s else None,

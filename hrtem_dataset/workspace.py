@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -225,35 +223,6 @@ def one_writer(stage: str):
                 return fn(spec, shard, root, *args, **kw)
         return wrapper
     return deco
-
-
-_GC_LOCK = threading.Lock()
-_GC_STATE = {"blocks": 0, "was_enabled": False}
-
-
-@contextlib.contextmanager
-def gc_deferred():
-    """Python's cyclic garbage collector paused for the block, and enabled again after it if it was enabled
-    (by the last of nested or concurrent blocks); as a decorator, ``@gc_deferred()``, for every call. For the
-    per-shard stage functions: they make few reference cycles (reference counting frees arrays, atoms and
-    rows at once) but enough objects to set off full collections, each a walk over every object the imports
-    made, during which the collecting thread holds the GIL and the other workers' torch streams wait for it.
-    Measured on 2 cores: two full collections took 206 ms of a 0.72 s au-baseline-cpu structures shard (0.46 s
-    without them; 25.5 s instead of 34.0 s for an au-generalist shard), one 100 ms of an images shard; 20–40
-    objects were left for the collector afterwards. Cycles made inside the block are collected by the first
-    automatic collection after it."""
-    with _GC_LOCK:
-        if _GC_STATE["blocks"] == 0:
-            _GC_STATE["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _GC_STATE["blocks"] += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_STATE["blocks"] -= 1
-            if _GC_STATE["blocks"] == 0 and _GC_STATE["was_enabled"]:
-                gc.enable()
 
 
 def claim_stage_dir(spec: DatasetSpec, stage: str, fingerprint: str, root) -> Path:

@@ -54,6 +54,9 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
         assert (n - h) / (d + h) - h - 1e-9 <= out[share] <= (n + h) / (d - h) + h + 1e-9, (share, n, d)
     assert all(out["peak_rss_mib"][k] >= out["import_rss_mib"][k] > 0 for k in bench.STAGES)
     assert out["all_stages_under_4gb"] is True
+    # the shared particle transform is timed apart from the calibration (both parts of the stage's work)
+    assert 0 < out["particle_spectrum_s"] and out["particle_spectrum_s"] + out["zero_defocus_calibration_s"] <= \
+        out["imaging_work_s"] + 1e-3
     for key in ("config", "device", "engine", "structures_atoms_per_s", "exit_waves_per_s", "simulation_atoms_per_s",
                 "images_per_s", "zero_defocus_calibration_s", "shard_total_s", "peak_rss_method", "load_average_before"):
         assert key in out

@@ -390,6 +390,11 @@ def test_a_shared_particle_spectrum_gives_the_same_zero_defocus_and_labels():
     assert np.array_equal(phase_field(two, 0.1, defocus=zd), phase_field(two, 0.1, defocus=zd, spectrum=spectrum))
     with pytest.raises(calibration.InputError, match="spectrum"):
         calibration.calibrate_zero_defocus(wave, 0.1, 300e3, atoms=atoms, search="fast", spectrum=spectrum[..., :64])
+    with pytest.raises(calibration.InputError, match="spectrum"):  # the parabolic search checks it by the waves' shape
+        calibration.calibrate_zero_defocus(wave[:, :320], 0.1, 300e3, atoms=atoms, search="parabolic",
+                                           spectrum=spectrum)
+    with pytest.raises(calibration.InputError, match="particle_waves"):
+        calibration.calibrate_zero_defocus(wave[0], 0.1, 300e3, atoms=atoms, search="parabolic", spectrum=spectrum)
     with pytest.raises(calibration.InputError, match="spectrum"):
         phase_field(wave, 0.1, defocus=zd, spectrum=spectrum[..., :64])
 

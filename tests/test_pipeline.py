@@ -261,7 +261,8 @@ def test_images_stage_writes_the_same_bytes_for_any_number_of_workers(built, mon
     for workers in (1, 2, 5):
         st = pl.image_shard(spec, 0, root, force=True, workers=workers)
         assert _sha(path) == reference, workers
-        assert st["workers"] == min(workers, 2) and st["work_s"] >= st["calibration_s"] + st["render_s"]
+        assert st["workers"] == min(workers, 2) and st["particle_spectrum_s"] > 0
+        assert st["work_s"] >= st["calibration_s"] + st["render_s"] + st["labels_s"] + st["particle_spectrum_s"]
     assert torch.get_num_threads() == threads  # restored after the pool
     from hrtem_dataset.stages import images as stage
 
@@ -397,64 +398,76 @@ def test_exit_waves_stage_overlaps_io_and_leaves_the_sequential_loops_files(tmp_
         assert not list(waves_dir.glob(".*tmp*"))
 
 
-def test_stages_run_without_full_garbage_collections_and_restore_the_collector(built, monkeypatch):
+def test_stages_run_with_one_blas_thread_and_no_full_garbage_collections(built, monkeypatch):
     """The per-shard stages pause the cyclic collector (a full collection holds the GIL for ~0.1 s and stalls
-    the other workers): inside every stage function, including the images workers' threads, it is off; after
-    it, on again — also after an error, after nested and overlapping blocks — and left off if it was off."""
+    the other workers) and give BLAS one thread (OpenBLAS's worker spins after each threaded call, taking a core
+    from the other workers): inside every stage function, including the images workers' threads; after it, both
+    as before — also after an error, after nested and overlapping blocks — and the collector left off if it was."""
     import gc
     import threading
 
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from hrtem_dataset.runtime import stage_runtime
     from hrtem_dataset.stages import images as stage
-    from hrtem_dataset.workspace import gc_deferred
+
+    def blas_threads() -> list[int]:
+        return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+    before = blas_threads()
 
     spec, root, _, _ = built
     seen = []
     original = stage._image_structure
 
     def spy(spec_, i, root_=None):
-        seen.append(gc.isenabled())
+        seen.append(gc.isenabled() or set(blas_threads()) != {1})
         return original(spec_, i, root_)
 
     monkeypatch.setattr(stage, "_image_structure", spy)
     assert gc.isenabled()
     pl.image_shard(spec, 0, root, force=True, workers=2)
-    assert seen and not any(seen) and gc.isenabled()
+    assert seen and not any(seen) and gc.isenabled() and blas_threads() == before
     from hrtem_dataset.stages import exit_waves, structures
 
     for module, name, fn in ((structures, "sample_scene", pl.build_structures_shard),
                              (exit_waves, "_write_waves", pl.simulate_shard)):
         inner = getattr(module, name)
         seen.clear()
-        monkeypatch.setattr(module, name, lambda *a, _f=inner, **k: (seen.append(gc.isenabled()), _f(*a, **k))[1])
+        monkeypatch.setattr(module, name, lambda *a, _f=inner, **k: (seen.append(gc.isenabled() or set(blas_threads()) != {1}), _f(*a, **k))[1])
         fn(spec, 0, root, force=True)  # the same files again
-        assert seen and not any(seen) and gc.isenabled(), name
+        assert seen and not any(seen) and gc.isenabled() and blas_threads() == before, name
 
-    @gc_deferred()
+    @stage_runtime()
     def failing():
         assert not gc.isenabled()
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
         failing()
-    assert gc.isenabled()
+    assert gc.isenabled() and blas_threads() == before
+    with stage_runtime(), stage_runtime():  # nested in one thread
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
     inside, release = threading.Event(), threading.Event()
 
     def other():
-        with gc_deferred():
+        with stage_runtime():
             inside.set()
             release.wait(5)
 
     t = threading.Thread(target=other)
-    with gc_deferred():
+    with stage_runtime():
         t.start()
         inside.wait(5)
-    assert not gc.isenabled()  # the other block is still open
+    assert not gc.isenabled() and set(blas_threads()) == {1}  # the other block is still open
     release.set()
     t.join()
-    assert gc.isenabled()
+    assert gc.isenabled()  # (BLAS: restored by the other thread, which OpenBLAS may ignore; see stage_runtime)
+    threadpool_limits(limits=max(before, default=1), user_api="blas")  # as before, for the tests after this one
     gc.disable()
     try:
-        with gc_deferred():
+        with stage_runtime():
             pass
         assert not gc.isenabled()  # it was off before: left off
     finally:

@@ -126,10 +126,13 @@ class _SeparablePhase:
         lam = electron_wavelength(energy)
         self.axes = tuple(math.pi * lam * torch.fft.fftfreq(n, d=d, dtype=torch.float64, device=device) ** 2
                           for n, d in zip(shape, sampling, strict=True))
+        self.ones = tuple(torch.ones_like(a) for a in self.axes)
+        self.square = shape[0] == shape[1] and sampling[0] == sampling[1]  # one axis term serves both axes
 
     def propagator(self, dz: float) -> torch.Tensor:
-        ex, ey = (torch.polar(torch.ones_like(a), a * dz).to(torch.complex64) for a in self.axes)
-        return ex[:, None] * ey[None, :]
+        ex = torch.polar(self.ones[0], self.axes[0] * dz).to(torch.complex64)
+        ey = ex if self.square else torch.polar(self.ones[1], self.axes[1] * dz).to(torch.complex64)
+        return ex.unsqueeze(1) * ey
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,13 +173,14 @@ def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: n
     if buf is None or buf.shape[0] < n or buf.shape[1:] != spec.shape:
         buf = torch.empty((n, *spec.shape), dtype=spec.dtype, device=spec.device)
     out = buf[:n]
+    planes = out.unbind(0)
     if step is not None:
-        torch.mul(spec, _propagator(phase_per_angstrom, float(defoci[0])), out=out[0])
-        for i in range(1, n):
-            torch.mul(out[i - 1], step, out=out[i])
+        torch.mul(spec, _propagator(phase_per_angstrom, float(defoci[0])), out=planes[0])
+        for prev, plane in zip(planes[:-1], planes[1:], strict=True):
+            torch.mul(prev, step, out=plane)
     else:
-        for i, z in enumerate(defoci):
-            torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=out[i])
+        for plane, z in zip(planes, defoci, strict=True):
+            torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=plane)
     inten = intensity_(fft2(out, inverse=True, out=out))
     return inten[:, 0] if inten.shape[1] == 1 else inten.mean(dim=1)
 
@@ -392,8 +396,9 @@ def _evaluation_grid(spectrum: torch.Tensor, fraction: float = EVALUATION_GRID,
     if m == n:
         return n
 
-    def power(t: torch.Tensor) -> float:
-        return float(torch.view_as_real(t).square().sum())
+    def power(t: torch.Tensor) -> float:  # Σ|x|² row by row (rows are contiguous): no squared copy of the block
+        r = torch.view_as_real(t).flatten(-2)
+        return float(torch.linalg.vecdot(r, r).sum())
 
     # the power outside the kept frequencies (rows (m+1)//2 … n − m//2 − 1, then those columns of the kept rows),
     # summed on its own: a difference of two totals would drown it in float32 rounding
@@ -517,11 +522,19 @@ def calibrate_zero_defocus(
     grid = first_stage_grid((lo, hi), steps[0])
     proxy, stride = None, 1
     if search != "grid":
-        waves = phonon_stack(particle_waves, resolve_device(device), "particle_waves")
+        dev = resolve_device(device)
+        if spectrum is None or search == "fast":
+            waves = phonon_stack(particle_waves, dev, "particle_waves")
+            shape = tuple(waves.shape)
+        else:  # the parabolic search needs only the spectrum: the waves' shape checks it (no second conversion)
+            shape = tuple(np.shape(particle_waves))
+            shape = (1, *shape) if len(shape) == 2 else shape
+            if len(shape) != 3:
+                raise InputError(f"particle_waves: expected (nx, ny) or (phonons, nx, ny), got shape {shape[1:]}")
         if spectrum is None:
             spectrum = fft2(waves)  # shared by the full-band evaluations and the band-limited scan
-        elif tuple(spectrum.shape) != tuple(waves.shape) or spectrum.device != waves.device:
-            raise InputError(f"spectrum: expected the waves' fft2 of shape {tuple(waves.shape)} on {waves.device}, "
+        elif tuple(spectrum.shape) != shape or spectrum.device != dev:
+            raise InputError(f"spectrum: expected the waves' fft2 of shape {shape} on {dev}, "
                              f"got {tuple(spectrum.shape)} on {spectrum.device}")
         if search == "fast":
             f = _Memo(_window_contrast(waves, sampling, energy, atoms, margin, device, spectrum))

@@ -31,13 +31,13 @@ from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
 from ..io import atomic_path, read_npz
 from ..labels import vacuum_region
+from ..runtime import stage_runtime
 from ..seeding import derive_seed
 from ..simulation import simulate_scene
 from ..specs import DatasetSpec
 from ..workspace import (
     claim_stage_dir,
     fingerprints,
-    gc_deferred,
     one_writer,
     previews_dir,
     shard_indices,
@@ -57,7 +57,7 @@ VACUUM_INTENSITY = CheckSpec("vacuum_intensity",
 
 
 @one_writer("waves")
-@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
+@stage_runtime()  # one BLAS thread, no full garbage collections (see stage_runtime)
 def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None = None,
                    device: str | None = None, *, force: bool = False) -> dict:
     """Multislice exit waves of every structure of ``shard`` into ``waves/<structure_id>.npz`` (the module's

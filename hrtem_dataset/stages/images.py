@@ -33,12 +33,12 @@ from ..imaging.image import wave_spectrum
 from ..io import atomic_path, save_npz
 from ..jsonsafe import plain
 from ..labels import make_labels
+from ..runtime import stage_runtime
 from ..seeding import derive_seed
 from ..specs import DatasetSpec
 from ..spectra import fft2
 from ..workspace import (
     claim_stage_dir,
-    gc_deferred,
     images_fingerprint,
     images_path,
     one_writer,
@@ -63,7 +63,7 @@ LABEL_COVERAGE = CheckSpec("label_coverage",
 
 
 @one_writer("images")
-@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
+@stage_runtime()  # one BLAS thread, no full garbage collections (see stage_runtime)
 def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False, workers: int | None = None) -> dict:
     """Images and labels of every structure of ``shard`` into ``images/shard-NNNNN.npz`` (one file).
 
@@ -80,8 +80,9 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
     A shard whose file exists is skipped.
 
     Returned timings: ``seconds`` (wall), ``work_s`` (the structures' seconds summed over workers) and its
-    parts ``calibration_s``, ``render_s``, ``labels_s`` (also summed over workers: compare them with
-    ``work_s``, not with the wall time).
+    parts ``calibration_s``, ``render_s``, ``labels_s`` and ``particle_spectrum_s`` (the particle waves'
+    transform, shared by the calibration and the labels, which would need it without a calibration; all summed
+    over workers: compare them with ``work_s``, not with the wall time).
     """
     indices = shard_indices(spec, shard)
     claim_stage_dir(spec, "images", images_fingerprint(spec, root), root)
@@ -105,7 +106,8 @@ def image_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False
         save_npz(fh, rows=np.str_(json.dumps(rows, sort_keys=True)), **arrays)
     dt = time.perf_counter() - t0
     n_img = len(rows) if spec.kind == "images" else 0
-    total = {k: sum(r[k] for r in results) for k in ("work_s", "calibration_s", "render_s", "labels_s")}
+    total = {k: sum(r[k] for r in results)
+             for k in ("work_s", "calibration_s", "render_s", "labels_s", "particle_spectrum_s")}
     return {"shard": int(shard), "structures": len(indices), "computed": 1, "reused": 0, "rows": len(rows),
             "images": n_img, "seconds": dt, "images_per_s": rate(n_img, dt), "workers": n_workers, **total}
 
@@ -147,7 +149,7 @@ def _map_in_threads(fn, items: list, workers: int) -> list:
 
 def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
     """Rows of structure ``i`` for :func:`image_shard`: ``rows`` = [(lineage dict, {"image"/"mask"/"instances":
-    array})], and its seconds (``work_s``, ``calibration_s``, ``render_s``, ``labels_s``)."""
+    array})], and its seconds (``work_s``, ``calibration_s``, ``render_s``, ``labels_s``, ``particle_spectrum_s``)."""
     t_start = time.perf_counter()
     calib_s = render_s = label_s = 0.0
     w = load_waves(spec, i, root)
@@ -161,8 +163,10 @@ def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
     # no particles (all dropped): the particle wave is vacuum, there is no contrast minimum to find
     calibrating = spec.imaging.calibrate_zero_defocus and has_particles
     # the particle waves' transform, once: the fast searches and the labels' zero-defocus plane both start from it
-    # (the same bytes as each transforming the waves); timed with the calibration, which needs it first
+    # (the same bytes as each transforming the waves); timed on its own: the labels need it without a calibration
     particle_spectrum = fft2(phonon_stack(w["particles"], None, "particle_waves")) if calibrating else None
+    spectrum_s = time.perf_counter() - t
+    t = time.perf_counter()
     zero = (float(calibrate_zero_defocus(w["particles"], sampling, energy, device="cpu", atoms=atoms,
                                          steps=tuple(spec.imaging.calibration_steps),
                                          search=spec.imaging.calibration_search, spectrum=particle_spectrum))
@@ -217,7 +221,7 @@ def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
                          {"image": img, "mask": mask.astype(np.uint8),
                           "instances": np.asarray(lab["instances"], dtype=np.int32)}))
     return {"rows": rows, "work_s": time.perf_counter() - t_start, "calibration_s": calib_s, "render_s": render_s,
-            "labels_s": label_s}
+            "labels_s": label_s, "particle_spectrum_s": spectrum_s}
 
 
 def _substrate_thickness(scene: dict) -> float | None:

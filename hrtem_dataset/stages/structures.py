@@ -21,6 +21,7 @@ import numpy as np
 from .. import previews
 from ..errors import InputError
 from ..io import atomic_write_text
+from ..runtime import stage_runtime
 from ..seeding import derive_seed
 from ..specs import DatasetSpec
 from ..structures import read_extxyz, sample_scene, sample_scene_spec, scene_seed, write_extxyz
@@ -28,7 +29,6 @@ from ..workspace import (
     SPLITS,
     claim_stage_dir,
     fingerprints,
-    gc_deferred,
     one_writer,
     previews_dir,
     shard_indices,
@@ -97,7 +97,7 @@ def read_structure_specs(spec: DatasetSpec, root=None) -> list[dict]:
 
 
 @one_writer("structures")
-@gc_deferred()  # no full garbage collections inside the stage (see gc_deferred)
+@stage_runtime()  # one BLAS thread, no full garbage collections (see stage_runtime)
 def build_structures_shard(spec: DatasetSpec, shard: int, root=None, *, force: bool = False) -> dict:
     """Build the atoms of every structure of ``shard`` into ``structures/<structure_id>.extxyz``.
 
