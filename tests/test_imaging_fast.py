@@ -207,6 +207,10 @@ def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonon
         buf = torch.empty((len(defoci) + 2, *spec.shape), dtype=spec.dtype)
         assert torch.equal(calibration._intensities(spec, phase, defoci, step), previous)
         assert torch.equal(calibration._intensities(spec, phase, defoci, step, buf), previous)
+        for chunk in (1, 3, 5):  # a few planes at a time, the recursion carried across chunks: the same bits
+            out = torch.empty((len(defoci) + 1, *spec.shape[1:]))
+            assert torch.equal(calibration._intensities(spec, phase, defoci, step, chunk=chunk), previous)
+            assert torch.equal(calibration._intensities(spec, phase, defoci, step, buf, chunk, out), previous)
         curve = calibration.contrast_curve(waves.numpy(), 0.1, 300e3, defoci, batch_size=3)
         ref = np.concatenate([previous[i : i + 3].var(dim=(-2, -1), unbiased=False).double().numpy()
                               for i in range(0, len(defoci), 3)]) if not uniform else None
@@ -546,7 +550,7 @@ def test_calibration_scratch_is_reused_per_thread_and_use_without_changing_value
     calibration._SCRATCH.__dict__.clear()
     first = calibration._cropped_contrast(spectrum, 0.1, 300e3, (480, 480), centred=True)(grid)
     buffers = dict(calibration._SCRATCH.buffers)
-    assert {k[0] for k in buffers} == {"batch", "crop"}
+    assert {k[0] for k in buffers} == {"batch", "crop", "intensity"}
     again = calibration._cropped_contrast(spectrum, 0.1, 300e3, (480, 480), centred=True)(grid)
     assert all(calibration._SCRATCH.buffers[k] is v for k, v in buffers.items())  # no new allocation
     np.testing.assert_array_equal(first, again)

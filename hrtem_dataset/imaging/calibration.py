@@ -84,6 +84,7 @@ from .aberrations import polar_grid
 SEARCHES = ("grid", "fast", "parabolic")
 EVALUATION_GRID = 0.75    # the parabolic search's grid, per axis, as a fraction of the waves' grid
 BAND_TOLERANCE = 1e-9     # spectral power the waves may have outside that grid (else their own grid is used)
+CHUNK_BYTES = 1 << 20     # the fast searches propagate and transform their planes about this many bytes at a time
 
 
 def contrast_curve(
@@ -161,28 +162,62 @@ def _propagator(phase_per_angstrom, dz: float) -> torch.Tensor:
 
 
 def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: np.ndarray,
-                 step: torch.Tensor | None, buf: torch.Tensor | None = None) -> torch.Tensor:
+                 step: torch.Tensor | None, buf: torch.Tensor | None = None, chunk: int | None = None,
+                 out: torch.Tensor | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Phonon-averaged intensities (B, nx, ny) of the wave spectrum ``spec`` (P, nx, ny) at each defocus;
     with ``step`` (the propagator of the values' uniform spacing) exact at the first value, then one complex
-    multiply per further value. ``buf``: complex64 scratch of at least (B, P, nx, ny), reused between calls.
+    multiply per further value. ``chunk``: planes propagated and transformed at a time (default all), the
+    recursion carried from one chunk to the next (the same values bit for bit, a smaller working set).
+    ``buf``: complex64 scratch of at least (chunk + 1, P, nx, ny), reused between calls; ``out``: float32 scratch
+    of at least (B, nx, ny) for the result. ``reduce``: a per-plane reduction of a chunk's intensities (k, nx, ny)
+    → (k,), applied to each chunk while it is in the cache; the result is then those values (B,) and ``out``
+    needs only ``chunk`` planes.
 
     The same float32 operations as stacking the propagated spectra and taking view_as_real(ψ).square().sum(-1)
     (bit-identical, checked in tests/test_imaging_fast.py), written into one buffer instead of B fresh arrays
     plus a stack copy, and |ψ|² with :func:`._common.intensity_` (in the buffer, no reduction over a length-2 axis)."""
     n = len(defoci)
-    if buf is None or buf.shape[0] < n or buf.shape[1:] != spec.shape:
-        buf = torch.empty((n, *spec.shape), dtype=spec.dtype, device=spec.device)
-    out = buf[:n]
-    planes = out.unbind(0)
-    if step is not None:
-        torch.mul(spec, _propagator(phase_per_angstrom, float(defoci[0])), out=planes[0])
-        for prev, plane in zip(planes[:-1], planes[1:], strict=True):
-            torch.mul(prev, step, out=plane)
-    else:
-        for plane, z in zip(planes, defoci, strict=True):
-            torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=plane)
-    inten = intensity_(fft2(out, inverse=True, out=out))
-    return inten[:, 0] if inten.shape[1] == 1 else inten.mean(dim=1)
+    c = n if chunk is None else max(1, min(int(chunk), n))
+    carried = step is not None and c < n  # one more plane: the last one of a chunk, before its transform
+    if buf is None or buf.shape[0] < c + carried or buf.shape[1:] != spec.shape:
+        buf = torch.empty((c + carried, *spec.shape), dtype=spec.dtype, device=spec.device)
+    rows = c if reduce is not None else n
+    if out is None or out.shape[0] < rows or out.shape[1:] != spec.shape[1:]:
+        out = torch.empty((rows, *spec.shape[1:]), dtype=torch.float32, device=spec.device)
+    out = out[:rows]
+    reduced = []
+    for s in range(0, n, c):
+        k = min(c, n - s)
+        work = buf[:k]
+        planes = work.unbind(0)
+        if step is not None:
+            first = _propagator(phase_per_angstrom, float(defoci[0])) if s == 0 else step
+            torch.mul(spec if s == 0 else buf[c], first, out=planes[0])
+            for prev, plane in zip(planes[:-1], planes[1:], strict=True):
+                torch.mul(prev, step, out=plane)
+            if s + k < n:
+                buf[c].copy_(planes[-1])
+        else:
+            for plane, z in zip(planes, defoci[s : s + k], strict=True):
+                torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=plane)
+        psi = fft2(work, inverse=True, out=work)
+        rows_k = out[:k] if reduce is not None else out[s : s + k]
+        if spec.shape[0] == 1:
+            intensity_(psi, out=rows_k.unsqueeze(1))
+        else:
+            torch.mean(intensity_(psi), dim=1, out=rows_k)
+        if reduce is not None:
+            reduced.append(reduce(rows_k))
+    return torch.cat(reduced) if reduce is not None else out
+
+
+def _power(inten: torch.Tensor, centred: bool) -> torch.Tensor:
+    """Σ I² (``centred``: Σ (I − Ī)², centring ``inten`` in place) of each plane of ``inten`` (k, nx, ny), float64."""
+    flat = inten.reshape(inten.shape[0], -1)
+    if centred:
+        flat -= flat.mean(dim=-1, keepdim=True)
+    return torch.linalg.vecdot(flat, flat).to(torch.float64)
 
 
 def _periodic_interval(x: np.ndarray, length: float) -> tuple[float, float]:
@@ -353,17 +388,18 @@ def _cropped_contrast(spectrum: torch.Tensor, sampling, energy: float, m: tuple[
         spectrum, m, out=_scratch((*spectrum.shape[:-2], *m), spectrum.dtype, spectrum.device, use="crop"))
     grid_sampling = s if m == n else (n[0] * s[0] / m[0], n[1] * s[1] / m[1])  # the same field of view
     phase = _defocus_phase(m, grid_sampling, float(energy), spec.device)
+    chunk = max(1, CHUNK_BYTES // (spec[0].numel() * spec.element_size() * spec.shape[0]))
 
     def evaluate(defoci: np.ndarray, batch_size: int = 16) -> np.ndarray:
         d = np.asarray(defoci, dtype=np.float64).reshape(-1)
         out = []
         for i in range(0, d.size, batch_size):
             part = d[i : i + batch_size]
-            buf = _scratch((part.size, *spec.shape), spec.dtype, spec.device)
-            inten = _intensities(spec, phase, part, _uniform_step(phase, part), buf).reshape(part.size, -1)
-            if centred:
-                inten -= inten.mean(dim=-1, keepdim=True)
-            out.append(torch.linalg.vecdot(inten, inten).to(torch.float64))
+            k = min(part.size, chunk)
+            buf = _scratch((k + (k < part.size), *spec.shape), spec.dtype, spec.device)
+            inten = _scratch((k, *spec.shape[1:]), torch.float32, spec.device, use="intensity")
+            out.append(_intensities(spec, phase, part, _uniform_step(phase, part), buf, chunk, inten,
+                                    functools.partial(_power, centred=centred)))
         return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
     return evaluate
