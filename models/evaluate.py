@@ -18,20 +18,23 @@ from hrtem_dataset.jsonsafe import finite
 from .data import WaveSample, _is_user_folder, load_samples, load_user_folder
 from .device import resolve_device
 from .hub import from_pretrained
+from .inference import check_tta
 from .train import validate
 
 
 def evaluate(model, dataset: str | Path | None = None, config: str | None = None, split: str = "test", *,
              user_data: str | Path | None = None, pixel_size: float | None = None, device: str | None = None,
-             tile: int = 512, max_samples: int | None = None) -> dict[str, Any]:
+             tile: int = 512, max_samples: int | None = None, tta: str = "none") -> dict[str, Any]:
     """Evaluate ``model`` (a model, a model folder or a Hub id) on ``dataset``/``config``/``split`` or on
     ``user_data`` (a folder of micrographs + mask PNGs; a ``dataset`` path that is such a folder works too).
 
     Returns a flat dict: ``iou``, ``f1``, ``precision``, ``recall`` (pixels pooled over the images),
     ``f1_image_mean``, ``n_images``, particle-detection statistics, ``per_image`` (name, pixel size, F1, IoU;
-    folders of micrographs only), and ``model``, ``dataset``, ``config``, ``split`` for the record (NaN where undefined).
+    folders of micrographs only), and ``model``, ``dataset``, ``config``, ``split``, ``tta`` (the predictions'
+    test-time augmentation, :func:`models.inference.predict_proba`) for the record (NaN where undefined).
     """
     resolve_device(device)  # before loading anything
+    check_tta(tta)
     if isinstance(model, str | Path):
 
         model_ref = str(model)
@@ -52,8 +55,9 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
         raise InputError("--dataset: evaluation needs a dataset or a folder of labelled micrographs")
     if samples and isinstance(samples[0], WaveSample):
         raise InputError(f"dataset {dataset} config {config!r}: evaluation needs an 'images' configuration")
-    metrics = validate(model, samples, device=device, detection=True, tile=tile, per_image=user_data is not None)
-    return {**metrics, "model": model_ref, **source}
+    metrics = validate(model, samples, device=device, detection=True, tile=tile, per_image=user_data is not None,
+                       tta=tta)
+    return {**metrics, "model": model_ref, **source, "tta": tta}
 
 
 def json_safe(d: dict) -> dict:

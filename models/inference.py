@@ -51,18 +51,50 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     return s + [length - tile]
 
 
+TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),  # the image, its two mirror images, its 180° turn
+    "d4": tuple((k, f) for k in range(4) for f in (False, True)),  # every symmetry of the square
+}
+"""Test-time augmentations: (quarter turns, mirrored) of each transform whose probabilities are averaged."""
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` when it names a :data:`TTA_MODES` entry, else :class:`InputError` naming ``--tta``."""
+    if tta not in TTA_MODES:
+        raise InputError(f"--tta: expected one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
+
+
 def predict_proba(model, image: np.ndarray, *, tile: int = 512, overlap: int = 64, batch_size: int = 4,
-                  device: str | None = None, standardized: bool = False) -> np.ndarray:
+                  device: str | None = None, standardized: bool = False, tta: str = "none") -> np.ndarray:
     """Class probabilities (classes, H, W) float32 of a 2-D image at the model's pixel size.
 
     Images up to ``tile`` pixels per side run in one pass (reflect-padded to the U-Net's size divisor);
     larger ones are cut into ``tile``² tiles overlapping by ``overlap`` pixels and blended with a
-    separable linear-ramp window.
+    separable linear-ramp window. ``tta``: test-time augmentation (:data:`TTA_MODES`) — the mean of the
+    probabilities of the image's mirror images and 180° turn (``flips``, 4 passes) or of its 8 symmetries
+    (``d4``), each mapped back; the result is then unchanged by those transforms of the image.
     """
+    transforms = TTA_MODES[check_tta(tta)]
+    x = np.asarray(image, np.float32) if standardized else standardize(image)
+    if len(transforms) == 1:
+        return _predict_proba(model, x, tile, overlap, batch_size, device)
+    total = None
+    for turns, mirrored in transforms:
+        t = np.rot90(x, turns)
+        p = _predict_proba(model, np.ascontiguousarray(t[:, ::-1] if mirrored else t), tile, overlap, batch_size,
+                           device)
+        p = np.rot90(p[:, :, ::-1] if mirrored else p, -turns, axes=(1, 2))
+        total = np.array(p) if total is None else total + p
+    return total / len(transforms)
+
+
+def _predict_proba(model, x: np.ndarray, tile: int, overlap: int, batch_size: int, device: str | None) -> np.ndarray:
+    """:func:`predict_proba` of one standardised image (no augmentation)."""
     dev = _device(device)
     model = model.to(dev).eval()
     mult = size_multiple(model)
-    x = np.asarray(image, np.float32) if standardized else standardize(image)
     H, W = x.shape
     tile = max(mult, (int(tile) // mult) * mult)
     overlap = int(min(max(0, overlap), tile // 2))
@@ -95,14 +127,16 @@ def predict_proba(model, image: np.ndarray, *, tile: int = 512, overlap: int = 6
     return acc[:, ph // 2:ph // 2 + H, pw // 2:pw // 2 + W]
 
 
-def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes: int = 2) -> int:
+def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes: int = 2,
+                   augmented: bool = False) -> int:
     """Upper estimate (bytes) of :func:`predict_mask`'s memory for an image of ``shape`` predicted on
     ``work_shape`` (at the model's pixel size): float32 class probabilities and blending weights plus the
     resampled, standardised and padded copies of the image (and an interpolation buffer) on the working
-    grid; the probabilities resampled back, the image and the mask on the input grid."""
+    grid; the probabilities resampled back, the image and the mask on the input grid. ``augmented``
+    (test-time augmentation): the sum of the transforms' probabilities and a transformed image besides."""
     work = int(work_shape[0]) * int(work_shape[1])
     own = int(shape[0]) * int(shape[1])
-    return 4 * (work * (classes + 5) + own * (classes + 3))
+    return 4 * (work * (classes + 5 + (classes + 1) * augmented) + own * (classes + 3))
 
 
 def check_min_area(min_area: float | None) -> float | None:
@@ -131,7 +165,8 @@ def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, *, m
     """Binary particle mask (uint8 0/1) of ``image`` on its own grid: P(particle) above the model's
     ``threshold``, without the predicted particles smaller than its ``min_particle_area`` Å² — the operating
     point stored with the model (0.5 and 0 unless it was saved with others). ``min_area`` [Å²] overrides
-    the model's (0 keeps every particle); areas use ``pixel_size``, else the model's pixel size.
+    the model's (0 keeps every particle); areas use ``pixel_size``, else the model's pixel size. ``kw``: the
+    options of :func:`predict_proba` (``tile``, ``overlap``, ``device``, ``tta``, ...).
 
     When both ``pixel_size`` (Å) and the model's training pixel size are known and differ by more than 1 %,
     the image is resampled to the model's pixel size first and the probabilities back afterwards.
@@ -144,7 +179,8 @@ def predict_mask(model, image: np.ndarray, pixel_size: float | None = None, *, m
     shape = img.shape
     rescale = bool(pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.01)
     work = rescaled_shape(shape, pixel_size, model_px) if rescale else shape
-    check_memory("segmentation", predict_memory(shape, work, int(model.hrtem_config.classes)),
+    check_memory("segmentation", predict_memory(shape, work, int(model.hrtem_config.classes),
+                                                augmented=kw.get("tta", "none") != "none"),
                  f"image {shape[0]} x {shape[1]} at {pixel_size:g} Å/px resampled to {work[0]} x {work[1]} "
                  f"at the model's {model_px:g} Å/px" if rescale else f"image {shape[0]} x {shape[1]}")
     if rescale:
@@ -175,7 +211,7 @@ def particles_csv(rows: list[dict]) -> str:
 
 def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path | None = None,
             pixel_size: float | None = None, tile: int = 512, overlap: int = 64,
-            device: str | None = None, min_area: float | None = None) -> dict:
+            device: str | None = None, min_area: float | None = None, tta: str = "none") -> dict:
     """Segment a micrograph; optionally write the mask PNG and the per-particle CSV (both or neither).
 
     ``image``: a path (dm3, dm4, emd, ser, mrc, tif, png, npy, ...) or a 2-D array; ``model``: a model, a local folder or a
@@ -184,11 +220,12 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
     indices (0 background, 1 particle; black/white palette); the CSV has one row per connected particle
     (areas in Å², equivalent diameter in Å, centroids in pixels and Å) and defaults to ``out`` with
     suffix ``.csv``. ``min_area`` [Å²]: drop predicted particles smaller than this (default: the model's
-    ``min_particle_area``; 0 keeps all). Returns ``dict(mask, particles, pixel_size, pixel_size_source,
-    mask_path, csv_path)``.
+    ``min_particle_area``; 0 keeps all). ``tta``: test-time augmentation (``none``, ``flips``, ``d4``; see
+    :func:`predict_proba`). Returns ``dict(mask, particles, pixel_size, pixel_size_source, mask_path, csv_path)``.
     """
     resolve_device(device)  # before loading anything
     check_min_area(min_area)
+    check_tta(tta)
     if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
         raise InputError(f"--pixel-size: must be a positive number of Å, got {pixel_size}")
     if out is not None:  # output targets checked before any work: both files or neither, nothing foreign
@@ -218,7 +255,7 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
         if out is not None:
             print(f"warning: {image if isinstance(image, str | Path) else 'image'} has no pixel-size "
                   f"calibration; assuming the model's {model_px} Å (pass --pixel-size)", file=sys.stderr)
-    mask = predict_mask(model, img, px, tile=tile, overlap=overlap, device=device, min_area=min_area)
+    mask = predict_mask(model, img, px, tile=tile, overlap=overlap, device=device, min_area=min_area, tta=tta)
     rows = particle_table(mask, px)
     result = {"mask": mask, "particles": rows, "pixel_size": px, "pixel_size_source": source,
               "model_pixel_size": model_px, "mask_path": None, "csv_path": None}
@@ -236,7 +273,8 @@ def segment(image, model, *, out: str | Path | None = None, csv_path: str | Path
 
 def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size: float | None = None,
                    pixel_sizes: str | Path | None = None, tile: int = 512, overlap: int = 64,
-                   device: str | None = None, progress: bool = True, min_area: float | None = None) -> dict:
+                   device: str | None = None, progress: bool = True, min_area: float | None = None,
+                   tta: str = "none") -> dict:
     """Segment every micrograph of ``folder`` (its ``images/`` subfolder when there is one) into
     ``out_dir/NAME.png`` (mask) + ``out_dir/NAME.csv`` (particles) + ``out_dir/summary.csv``.
 
@@ -250,6 +288,7 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
 
     resolve_device(device)
     check_min_area(min_area)
+    check_tta(tta)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"--out {out_dir}: must be a new or empty folder (nothing is overwritten)")
@@ -268,7 +307,7 @@ def segment_folder(folder: str | Path, model, out_dir: str | Path, *, pixel_size
             task = bar.add_task("segment", total=len(samples))
             for s in samples:
                 mask = predict_mask(model, s.image, s.pixel_size, tile=tile, overlap=overlap, device=device,
-                                    min_area=min_area)
+                                    min_area=min_area, tta=tta)
                 rows = particle_table(mask, s.pixel_size)
                 (tmp / f"{s.name}.png").write_bytes(mask_png_bytes(mask))
                 (tmp / f"{s.name}.csv").write_text(particles_csv(rows))

@@ -215,16 +215,17 @@ def _train_mode(model, freeze: str | None) -> None:
 
 
 def validate(model, samples: list[Sample], *, device=None, detection: bool = False, tile: int = 512,
-             per_image: bool = False) -> dict:
+             per_image: bool = False, tta: str = "none") -> dict:
     """Pixel metrics (and optionally particle detection) of ``model`` on labelled samples at their own
     pixel size (rescaled to the model's pixel size when they differ). Pixel scores are pooled over all
     images (``f1``); ``f1_image_mean`` averages the per-image F1; ``per_image`` adds a list of
-    ``{name, pixel_size, f1, iou}``."""
+    ``{name, pixel_size, f1, iou}``; ``tta``: the predictions' test-time augmentation
+    (:func:`.inference.predict_proba`)."""
 
     acc = SegmentationMetrics()
     rows = []
     for s in samples:
-        pred = predict_mask(model, s.image, s.pixel_size, tile=tile, device=str(device) if device else None)
+        pred = predict_mask(model, s.image, s.pixel_size, tile=tile, device=str(device) if device else None, tta=tta)
         acc.update(pred, s.mask, s.pixel_size, detection=detection)
         if per_image:
             sc = scores_from_counts(*confusion(pred, s.mask)[:3])

@@ -318,3 +318,42 @@ def test_min_particle_area_drops_small_predicted_particles_and_is_an_operating_p
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
     with pytest.raises(InputError, match="min_particle_area"):
         set_operating_point(tmp_path / "m", min_particle_area=-5.0)
+
+
+def test_test_time_augmentation_commutes_with_the_image_symmetries_and_refuses_unknown_modes(tmp_path):
+    """``tta``: the probabilities averaged over the image's mirror images and 180° turn (``flips``) or over its
+    8 symmetries (``d4``), each mapped back — so the prediction of a transformed image is the transformed
+    prediction, which a U-Net alone does not give; ``none`` is the plain prediction; an unknown mode is refused
+    naming ``--tta`` (CLI: exit 2) before any work."""
+    from models.build import build_model
+    from models.inference import predict_proba, segment
+
+    torch.manual_seed(0)
+    unet = build_model("tu-resnet18", encoder_depth=2, decoder_channels=(16, 8))
+    img = np.random.default_rng(0).normal(size=(64, 80)).astype(np.float32)  # a multiple of 16: no padding
+    plain = predict_proba(unet, img)
+    assert np.array_equal(predict_proba(unet, img, tta="none"), plain)
+
+    def mirror(a):
+        return np.flip(a, -1)
+
+    def turn(a):
+        return np.rot90(a, 1, axes=(-2, -1))
+
+    def half_turn(a):
+        return np.rot90(a, 2, axes=(-2, -1))
+
+    def transpose(a):
+        return a.swapaxes(-1, -2)
+
+    assert not np.allclose(mirror(predict_proba(unet, np.ascontiguousarray(mirror(img)))), plain, atol=1e-3)
+    for mode, group in (("flips", (mirror, half_turn, lambda a: np.flip(a, -2))), ("d4", (turn, transpose))):
+        p = predict_proba(unet, img, tta=mode)
+        assert p.shape == plain.shape and np.allclose(p.sum(0), 1, atol=1e-5)
+        for g in group:
+            assert np.allclose(predict_proba(unet, np.ascontiguousarray(g(img)), tta=mode), g(p), atol=1e-5)
+    with pytest.raises(InputError, match="--tta"):
+        segment(img, unet, pixel_size=0.5, tta="rot")
+    rc, out, err = run_cli(["segment", tmp_path / "nothing.png", "--model", tmp_path / "m", "--out",
+                            tmp_path / "o.png", "--tta", "all", "--device", "cpu"])
+    assert rc == 2 and err.startswith("error: --tta") and not (tmp_path / "o.png").exists()

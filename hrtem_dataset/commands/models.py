@@ -86,6 +86,8 @@ def evaluate_cmd(
     quiet: bool = quiet_option(),
     record: bool = typer.Option(False, "--record", help="Folder of real micrographs: store the result in "
                                 "MODEL/real_evaluation.json and show it in the model card."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation of the predictions (none, flips, d4; "
+                            "see hrtem segment --tta)."),
 ) -> None:
     """Evaluate a model; prints ONE JSON line (iou, f1, precision, recall, detection statistics; for a folder
     of labelled micrographs pooled and per-image F1)."""
@@ -98,11 +100,12 @@ def evaluate_cmd(
     _check_pixel_size(pixel_size, "--pixel-size")
     if record and not (Path(model).is_dir() and _is_user_folder(Path(dataset))):
         raise InputError("--record: needs a local model folder and a folder of labelled micrographs")
-    res = evaluate(model, dataset, config, split, pixel_size=pixel_size, device=device)
+    res = evaluate(model, dataset, config, split, pixel_size=pixel_size, device=device, tta=tta)
     if record:
         from models.hub import record_real_evaluation
 
-        record_real_evaluation(model, Path(dataset).resolve().name, res)
+        name = Path(dataset).resolve().name
+        record_real_evaluation(model, name if tta == "none" else f"{name} (tta {tta})", res)
     typer.echo(json.dumps(json_safe(res)))
 
 
@@ -119,12 +122,15 @@ def segment_cmd(
     overlap: int = typer.Option(64, "--overlap"),
     min_area: float = typer.Option(None, "--min-area", help="Drop predicted particles smaller than this many Å² "
                                    "(default: the model's min_particle_area; 0 keeps all)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, flips (the mean over the "
+                            "image's mirror images and 180° turn, 4 passes) or d4 (its 8 symmetries, 8 passes)."),
     device: str = device_option(),
     progress: bool = typer.Option(True, "--progress/--quiet", " /-q", help="Progress bar on stderr (folder mode)."),
 ) -> None:
     """Segment a micrograph or a folder of micrographs: mask PNG + per-particle CSV each; prints one JSON line."""
-    from models.inference import segment, segment_folder
+    from models.inference import check_tta, segment, segment_folder
 
+    check_tta(tta)
     if not 16 <= tile <= 16384:
         raise InputError(f"--tile: must be in 16..16384 pixels, got {tile}")
     if not 0 <= overlap <= tile // 2:
@@ -133,7 +139,8 @@ def segment_cmd(
         if csv_path is not None:
             raise InputError("--csv: not used for a folder (each image gets OUT/NAME.csv)")
         res = segment_folder(image, model, out, pixel_size=pixel_size, pixel_sizes=pixel_sizes, tile=tile,
-                             overlap=overlap, device=device, progress=progress, min_area=min_area)
+                             overlap=overlap, device=device, progress=progress, min_area=min_area,
+                             tta=tta)
         typer.echo(json.dumps(res))
         return
     if pixel_sizes is not None:
@@ -141,7 +148,7 @@ def segment_cmd(
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the mask is written as PNG, use a .png name")
     res = segment(image, model, out=out, csv_path=csv_path, pixel_size=pixel_size, tile=tile, overlap=overlap,
-                  device=device, min_area=min_area)
+                  device=device, min_area=min_area, tta=tta)
     typer.echo(json.dumps({"mask": res["mask_path"], "csv": res["csv_path"], "shape": list(res["mask"].shape),
                            "particles": len(res["particles"]), "pixel_size": res["pixel_size"],
                            "pixel_size_source": res["pixel_size_source"]}))
