@@ -484,7 +484,7 @@ def test_fixed_width_atom_parser_gives_the_doubles_of_float(tmp_path):
     from hrtem_dataset.structures import exporters
 
     rng = np.random.default_rng(1)
-    n = 3000
+    n = 3000  # three products of at most 1024 rows (below OpenBLAS's threading threshold)
     pos = np.concatenate([rng.uniform(-9.9e5, 9.9e6, (n // 3, 3)), rng.uniform(-1, 1, (n // 3, 3)),
                           rng.normal(0, 50, (n - 2 * (n // 3), 3))])
     pos[:4] = [[-0.0, 0.0, -1e-9], [-4e-9, 5e-9, 9999999.99999999], [-999999.99999999, 1.5, 0.125], [1, 2, 3]]

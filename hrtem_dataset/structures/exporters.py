@@ -86,6 +86,10 @@ def _line_weights() -> np.ndarray:
 
 
 _WEIGHTS = _line_weights()
+# rows per product: 1024 × 63 × 4 multiply-adds stay below OpenBLAS's threading threshold (65,536 × 4), so each
+# product runs in the calling thread; one threaded product of a whole scene left OpenBLAS's worker thread
+# spinning for ≈ 0.1 s after it (a core taken from the other workers of a stage; the same speed either way)
+_BLOCK_ROWS = 1024
 _CLASS = np.full(256, -9, dtype=np.int8)  # per byte: space 0, "-" 1, digit 2, anything else -9
 _CLASS[32], _CLASS[45], _CLASS[48:58] = 0, 1, 2
 
@@ -117,7 +121,10 @@ def _parse_atom_lines(body: str, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
                 and not np.any((step == 0) & (whole[:, 1:] == 1))):
             return None
         negative[:, f] = (whole == 1).any(axis=1)
-    values = ((a - np.uint8(48)) * digit).astype(np.float64) @ _WEIGHTS  # (n, 4)
+    digits = ((a - np.uint8(48)) * digit).astype(np.float64)
+    values = np.empty((n, 4))
+    for i in range(0, n, _BLOCK_ROWS):  # (n, 4); exact in any order, so the same doubles as one product
+        np.matmul(digits[i : i + _BLOCK_ROWS], _WEIGHTS, out=values[i : i + _BLOCK_ROWS])
     positions = values[:, :3] / 1e8  # |value| < 1e7 Å (the field's width): the integer is below 2^53, exact
     positions = np.where(negative[:, :3], -positions, positions)
     ids = np.where(negative[:, 3], -values[:, 3], values[:, 3]).astype(np.int32)
