@@ -30,8 +30,8 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
 
     Returns a flat dict: ``iou``, ``f1``, ``precision``, ``recall`` (pixels pooled over the images),
     ``f1_image_mean``, ``n_images``, particle-detection statistics, ``per_image`` (name, pixel size, F1, IoU;
-    folders of micrographs only), and ``model``, ``dataset``, ``config``, ``split``, ``tta`` (the predictions'
-    test-time augmentation, :func:`models.inference.predict_proba`) for the record (NaN where undefined).
+    folders of micrographs only), and ``model``, ``dataset``, ``config``, ``split`` for the record (NaN where
+    undefined), and ``tta`` when the predictions had test-time augmentation (:func:`models.inference.predict_proba`).
     """
     resolve_device(device)  # before loading anything
     check_tta(tta)
@@ -57,7 +57,7 @@ def evaluate(model, dataset: str | Path | None = None, config: str | None = None
         raise InputError(f"dataset {dataset} config {config!r}: evaluation needs an 'images' configuration")
     metrics = validate(model, samples, device=device, detection=True, tile=tile, per_image=user_data is not None,
                        tta=tta)
-    return {**metrics, "model": model_ref, **source, "tta": tta}
+    return {**metrics, "model": model_ref, **source, **({"tta": tta} if tta != "none" else {})}
 
 
 def json_safe(d: dict) -> dict:

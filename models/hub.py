@@ -89,8 +89,8 @@ def record_real_evaluation(model_dir: str | Path, name: str, result: dict) -> Pa
     d = Path(model_dir)
     meta = read_metadata(d)
     real = read_real_evaluations(d)
-    keep = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1", "n_images", "per_image", "tta")
-    real[str(name)] = finite({k: result.get(k) for k in keep})
+    keep = ("f1", "iou", "precision", "recall", "f1_image_mean", "detection_f1", "n_images", "per_image")
+    real[str(name)] = finite({k: result.get(k) for k in keep} | ({"tta": result["tta"]} if "tta" in result else {}))
     atomic_write_text(d / REAL_EVALUATION_NAME, json.dumps(real, indent=1, sort_keys=True) + "\n")
     return _write_card(d, meta, real=real)
 

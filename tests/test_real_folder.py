@@ -352,6 +352,10 @@ def test_test_time_augmentation_commutes_with_the_image_symmetries_and_refuses_u
         assert p.shape == plain.shape and np.allclose(p.sum(0), 1, atol=1e-5)
         for g in group:
             assert np.allclose(predict_proba(unet, np.ascontiguousarray(g(img)), tta=mode), g(p), atol=1e-5)
+    write_folder(tmp_path / "lab", [("a", 0.5, 10, 12), ("b", 0.5, 14, 12)])
+    model = ThresholdModel(0.5)  # a pixel-wise model: every transform gives the same mask
+    plain_res, tta_res = (evaluate(model, user_data=tmp_path / "lab", tta=t) for t in ("none", "d4"))
+    assert "tta" not in plain_res and tta_res["tta"] == "d4" and tta_res["f1"] == pytest.approx(plain_res["f1"])
     with pytest.raises(InputError, match="--tta"):
         segment(img, unet, pixel_size=0.5, tta="rot")
     rc, out, err = run_cli(["segment", tmp_path / "nothing.png", "--model", tmp_path / "m", "--out",
