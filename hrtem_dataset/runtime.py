@@ -22,8 +22,9 @@ def stage_runtime() -> Iterator[None]:
     - **one BLAS thread** (OpenBLAS, MKL; via threadpoolctl): the stages parallelise over structures and FFT
       planes themselves. After every multithreaded call OpenBLAS's worker thread spins, waiting for the next
       one: one 17,000 × 63 × 4 product per scene file read (its fixed-width parser, which now splits it into
-      products below OpenBLAS's threading threshold) kept a core busy for ≈ 0.1 s per structure — a quarter of the images stage's CPU time on 2 cores (perf: ``blas_thread_server``),
-      taken from the other worker — and the stage's summed work fell from 1.7 to 1.2–1.4 s without it;
+      products below OpenBLAS's threading threshold) kept a core busy for ≈ 0.1 s per structure — a quarter of
+      the images stage's CPU time on 2 cores (perf: ``blas_thread_server``), taken from the other worker — and
+      the stage's summed work fell from 1.7 to 1.2–1.4 s without it;
     - **no full garbage collections**: the stages make few reference cycles (reference counting frees arrays,
       atoms and rows at once) but enough objects to set off full collections, each a walk over every object the
       imports made, during which the collecting thread holds the GIL and the other workers' torch streams wait.

@@ -461,6 +461,13 @@ def _min_area_text(config) -> str:
     return f", predicted particles (8-connected) smaller than {area:g} Å² dropped" if area > 0 else ""
 
 
+def check_min_particle_area(value: float, name: str = "min_particle_area") -> float:
+    """``value`` [Å²] as a float when it is finite and ≥ 0, else :class:`InputError` naming ``name``."""
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise InputError(f"{name}: must be a number of Å² >= 0, got {value}")
+    return float(value)
+
+
 def set_operating_point(model_dir: str | Path, threshold: float | None = None,
                         min_particle_area: float | None = None) -> bool:
     """Change the operating point stored with a saved model — ``threshold`` (P(particle) above it) and
@@ -472,8 +479,8 @@ def set_operating_point(model_dir: str | Path, threshold: float | None = None,
     meta = read_metadata(d)
     if threshold is not None and not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold: must be in (0, 1), got {threshold}")
-    if min_particle_area is not None and not (math.isfinite(float(min_particle_area)) and float(min_particle_area) >= 0):
-        raise InputError(f"min_particle_area: must be a number of Å² >= 0, got {min_particle_area}")
+    if min_particle_area is not None:
+        check_min_particle_area(min_particle_area)
     changed = False
     training = meta.setdefault("training", {})
     for key, value, default in (("threshold", threshold, 0.5), ("min_particle_area", min_particle_area, 0.0)):

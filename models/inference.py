@@ -28,7 +28,7 @@ from hrtem_dataset.limits import check_memory
 from .build import size_multiple
 from .data import load_user_folder, standardize
 from .device import resolve_device
-from .hub import from_pretrained
+from .hub import check_min_particle_area, from_pretrained
 from .imageio import mask_png_bytes, read_image, resample, rescaled_shape
 from .metrics import label_particles, particle_table
 
@@ -141,9 +141,7 @@ def predict_memory(shape: tuple[int, int], work_shape: tuple[int, int], classes:
 
 def check_min_area(min_area: float | None) -> float | None:
     """``min_area`` [Å²] when it is None or a finite number ≥ 0, else :class:`InputError` naming ``--min-area``."""
-    if min_area is not None and not (math.isfinite(float(min_area)) and float(min_area) >= 0):
-        raise InputError(f"--min-area: must be a number of Å² >= 0, got {min_area}")
-    return None if min_area is None else float(min_area)
+    return None if min_area is None else check_min_particle_area(min_area, "--min-area")
 
 
 def remove_small_particles(mask: np.ndarray, pixel_size: float | None, min_area: float) -> np.ndarray:

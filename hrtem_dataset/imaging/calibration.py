@@ -388,7 +388,7 @@ def _cropped_contrast(spectrum: torch.Tensor, sampling, energy: float, m: tuple[
         spectrum, m, out=_scratch((*spectrum.shape[:-2], *m), spectrum.dtype, spectrum.device, use="crop"))
     grid_sampling = s if m == n else (n[0] * s[0] / m[0], n[1] * s[1] / m[1])  # the same field of view
     phase = _defocus_phase(m, grid_sampling, float(energy), spec.device)
-    chunk = max(1, CHUNK_BYTES // (spec[0].numel() * spec.element_size() * spec.shape[0]))
+    chunk = max(1, CHUNK_BYTES // (spec.numel() * spec.element_size()))  # planes (all phonons) per chunk
 
     def evaluate(defoci: np.ndarray, batch_size: int = 16) -> np.ndarray:
         d = np.asarray(defoci, dtype=np.float64).reshape(-1)
