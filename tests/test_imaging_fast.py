@@ -517,6 +517,12 @@ def test_separable_defocus_propagator_equals_the_float64_polar_to_complex64_roun
             assert float((got - want).abs().max()) < 1e-6
     assert calibration._defocus_phase((480, 480), (0.1, 0.1), 300e3, torch.device("cpu")) is \
         calibration._defocus_phase((480, 480), (0.1, 0.1), 300e3, torch.device("cpu"))  # cached per grid
+    # the uniform spacing's propagator is kept per grid: the same tensor each time, the same bits as built anew
+    separable = calibration._defocus_phase((96, 80), (0.1, 0.1), 300e3, torch.device("cpu"))
+    step = calibration._uniform_step(separable, np.array([3.0, 4.0, 5.0]))
+    assert step is calibration._uniform_step(separable, np.array([-7.5, -6.5]))
+    assert torch.equal(step, separable.propagator(1.0))
+    assert calibration._uniform_step(separable, np.array([0.0, 1.0, 3.0])) is None
 
 
 @pytest.mark.parametrize("n", [(8, 8), (7, 9), (5, 6), (64, 48)])

@@ -129,11 +129,23 @@ class _SeparablePhase:
                           for n, d in zip(shape, sampling, strict=True))
         self.ones = tuple(torch.ones_like(a) for a in self.axes)
         self.square = shape[0] == shape[1] and sampling[0] == sampling[1]  # one axis term serves both axes
+        self._steps: dict[float, torch.Tensor] = {}
 
     def propagator(self, dz: float) -> torch.Tensor:
         ex = torch.polar(self.ones[0], self.axes[0] * dz).to(torch.complex64)
         ey = ex if self.square else torch.polar(self.ones[1], self.axes[1] * dz).to(torch.complex64)
         return ex.unsqueeze(1) * ey
+
+    def step(self, dz: float) -> torch.Tensor:
+        """:meth:`propagator` of a uniform spacing ``dz``, kept (read-only): the searches step by the same spacing
+        on every structure of a configuration, which shares the grid."""
+        key = float(dz)
+        p = self._steps.get(key)
+        if p is None:
+            if len(self._steps) >= 8:
+                self._steps.clear()
+            p = self._steps[key] = self.propagator(key)
+        return p
 
 
 @functools.lru_cache(maxsize=8)
@@ -149,7 +161,11 @@ def _uniform_step(phase_per_angstrom: torch.Tensor, defoci: np.ndarray) -> torch
     steps from one value to the next with one complex multiply), else ``None``."""
     steps = np.diff(defoci)
     uniform = defoci.size > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9)
-    return _propagator(phase_per_angstrom, float(steps[0])) if uniform else None
+    if not uniform:
+        return None
+    if isinstance(phase_per_angstrom, _SeparablePhase):
+        return phase_per_angstrom.step(float(steps[0]))
+    return _propagator(phase_per_angstrom, float(steps[0]))
 
 
 def _propagator(phase_per_angstrom, dz: float) -> torch.Tensor:
@@ -201,7 +217,7 @@ def _intensities(spec: torch.Tensor, phase_per_angstrom: torch.Tensor, defoci: n
         else:
             for plane, z in zip(planes, defoci[s : s + k], strict=True):
                 torch.mul(spec, _propagator(phase_per_angstrom, float(z)), out=plane)
-        psi = fft2(work, inverse=True, out=work)
+        psi = fft2(work, inverse=True)  # a fresh result: into ``work`` (out=) torch would copy it there
         rows_k = out[:k] if reduce is not None else out[s : s + k]
         if spec.shape[0] == 1:
             intensity_(psi, out=rows_k.unsqueeze(1))
@@ -437,11 +453,14 @@ def _evaluation_grid(spectrum: torch.Tensor, fraction: float = EVALUATION_GRID,
         return float(torch.linalg.vecdot(r, r).sum())
 
     # the power outside the kept frequencies (rows (m+1)//2 … n − m//2 − 1, then those columns of the kept rows),
-    # summed on its own: a difference of two totals would drown it in float32 rounding
+    # summed on its own (a difference of two totals would drown it in float32 rounding), and inside them (the four
+    # corners of the unshifted spectrum): each value read once
     (r0, r1), (c0, c1) = (((m[a] + 1) // 2, n[a] - m[a] // 2) for a in (0, 1))
     outside = (power(spectrum[..., r0:r1, :]) + power(spectrum[..., :r0, c0:c1])
                + power(spectrum[..., r1:, c0:c1]))
-    return m if outside <= tolerance * power(spectrum) else n
+    inside = sum(power(spectrum[..., rows, cols]) for rows in (slice(0, r0), slice(r1, None))
+                 for cols in (slice(0, c0), slice(c1, None)))
+    return m if outside <= tolerance * (inside + outside) else n
 
 
 def _vertex_offset(fl: float, fm: float, fh: float) -> float:
