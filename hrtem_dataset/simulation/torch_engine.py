@@ -710,7 +710,7 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
     ``u``, ``atom_plane``: the chunk's atoms (see :func:`_atoms_on_device`; plane indices from 0);
     ``target_index``: each plane's index among the chunk's sorted targets (on the device). Returns the
     transmission functions of the T sorted targets as consecutive groups of planes (list of (n_g, nx, ny)
-    complex64, see ``spectra.plane_groups``) and the sorted target keys.
+    complex64: single planes on the CPU, else see ``spectra.plane_groups``) and the sorted target keys.
     """
     device = tables.device
     nx, ny = tables.grid.gpts
@@ -728,7 +728,11 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
             vk = torch.zeros((len(targets), nx, ny // 2 + 1), dtype=torch.complex64, device=device)
             vk.index_add_(0, target_index, spectrum)
         del spectrum
-    groups = plane_groups(len(targets), (nx, ny), device)
+    # on the CPU one inverse real FFT per plane whatever its size: MKL's batched c2r transform differs from one at a
+    # time in the last bit on some CPUs (an AVX-512 Xeon, 2026-12-01; its r2c and c2c transforms do not), which
+    # would make a wave's bytes depend on the waves batched with it
+    groups = ([slice(i, i + 1) for i in range(len(targets))] if device.type == "cpu"
+              else plane_groups(len(targets), (nx, ny), device))
     shape = (groups[0].stop - groups[0].start, nx, ny)
     scratch = (workspace if workspace is not None else {}).setdefault("transmission", {})
     if scratch.get("shape") != shape:  # per-thread buffers, reused across chunks
