@@ -472,3 +472,39 @@ def test_stages_run_with_one_blas_thread_and_no_full_garbage_collections(built, 
         assert not gc.isenabled()  # it was off before: left off
     finally:
         gc.enable()
+
+
+def test_structures_stage_draws_scenes_side_by_side_with_the_files_of_one_at_a_time(tmp_path, monkeypatch):
+    """The structures stage draws a shard's scenes in threads (as many as this process may use) and writes them
+    in order: the same files as one at a time, and a failed scene leaves exactly the files before it (those
+    after it are cancelled or dropped, never written)."""
+    import os
+
+    from hrtem_dataset.stages import structures as stage
+
+    spec = _spec(train=3, validation=1, test=1, shard_size=5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    pl.plan_structures(spec, tmp_path / "threads")
+    stats = pl.build_structures_shard(spec, 0, tmp_path / "threads")
+    assert stats["computed"] == 5 and stats["reused"] == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    pl.plan_structures(spec, tmp_path / "one")
+    pl.build_structures_shard(spec, 0, tmp_path / "one")
+    for i in range(5):
+        assert pl.structure_path(spec, i, tmp_path / "threads").read_bytes() == \
+            pl.structure_path(spec, i, tmp_path / "one").read_bytes()
+
+    drawn = stage.sample_scene
+
+    def failing(structures, seed, i):
+        if i == 2:
+            raise InputError("structures: scene 2 cannot be built")
+        return drawn(structures, seed, i)
+
+    monkeypatch.setattr(stage, "sample_scene", failing)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    root = tmp_path / "failed"
+    pl.plan_structures(spec, root)
+    with pytest.raises(InputError, match="scene 2"):
+        pl.build_structures_shard(spec, 0, root)
+    assert [pl.structure_path(spec, i, root).exists() for i in range(5)] == [True, True, False, False, False]

@@ -11,6 +11,7 @@ into Dagster types.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,3 +120,20 @@ def rate(n: float, seconds: float) -> float:
 def outcome(check: CheckSpec, passed: bool, description: str, **values) -> CheckOutcome:
     """A :class:`CheckOutcome` of ``check`` (a non-blocking check reports a failure as a warning)."""
     return CheckOutcome(check.name, bool(passed), description, values, warn=not check.blocking)
+
+
+def in_order(pool, fn, items: list, ahead: int):
+    """``fn(x)`` of each item, computed ``ahead`` at a time in ``pool`` and yielded in order; on an error the
+    items not started are cancelled (those running finish with the pool, their results unused)."""
+    pending: deque = deque(pool.submit(fn, x) for x in items[:ahead])
+    rest = iter(items[ahead:])
+    try:
+        while pending:
+            result = pending.popleft().result()
+            for x in rest:
+                pending.append(pool.submit(fn, x))
+                break
+            yield result
+    finally:
+        for f in pending:
+            f.cancel()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,7 +43,7 @@ from ..workspace import (
     simulation_settings,
     waves_path,
 )
-from .base import CheckSpec, RunContext, Stage, StageResult, outcome, rate
+from .base import CheckSpec, RunContext, Stage, StageResult, in_order, outcome, rate
 from .structures import read_structure
 
 SCENE_INTENSITY_TOL = 0.05    # mean |ψ|² of scene waves: flux lost outside the antialias aperture only
@@ -85,7 +84,7 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
             stack.enter_context(torch_threads(1))
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-waves",
                                                           initializer=single_threaded_torch))
-            results = _in_order(pool, lambda i: _simulate_one(spec, sim, i, root), todo, 2 * workers)
+            results = in_order(pool, lambda i: _simulate_one(spec, sim, i, root), todo, 2 * workers)
         else:  # one at a time, the I/O thread reading the next structure meanwhile
             results = _sequential(io, spec, sim, todo, root)
         stack.callback(results.close)  # on an error below: cancel the structures not started yet
@@ -158,23 +157,6 @@ def _sequential(io, spec: DatasetSpec, sim, todo: list[int], root):
         atoms = reading.result()
         reading = io.submit(read_structure, spec, todo[k + 1], root) if k + 1 < len(todo) else None
         yield _simulate_one(spec, sim, i, root, atoms)
-
-
-def _in_order(pool, fn, items: list, ahead: int):
-    """``fn(x)`` of each item, computed ``ahead`` at a time in ``pool`` and yielded in order; on an error the
-    items not started are cancelled (those running finish with the pool, their results unused)."""
-    pending: deque = deque(pool.submit(fn, x) for x in items[:ahead])
-    rest = iter(items[ahead:])
-    try:
-        while pending:
-            result = pending.popleft().result()
-            for x in rest:
-                pending.append(pool.submit(fn, x))
-                break
-            yield result
-    finally:
-        for f in pending:
-            f.cancel()
 
 
 def _write_waves(path, scene: np.ndarray, out: dict, sim, n_atoms: int, engine_version: str) -> None:
