@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -11,6 +12,11 @@ import torch
 from .errors import InputError
 
 CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else the machine's count), ≥ 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def resolve_device(device=None, option: str = "device") -> torch.device:

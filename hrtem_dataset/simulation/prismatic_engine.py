@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from ..device import usable_cpus
 from ..errors import InputError
 from ..limits import check_memory
 from ..spectra import fourier_crop_complex
@@ -117,7 +118,7 @@ def prismatic_settings(xyz: str | Path, output: str | Path, cell: np.ndarray, sa
         "probeDefocus": 0.0,
         "C3": 0.0,
         "C5": 0.0,
-        "numThreads": max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
+        "numThreads": usable_cpus(),
         "numFP": 1,
         "includeThermalEffects": False,
         "saveComplexOutputWave": True,
