@@ -1,10 +1,13 @@
 """Device selection, one rule for the simulation, the imaging and the models: :func:`resolve_device`; and
-:func:`torch_threads` for thread pools of single-threaded torch streams."""
+:func:`torch_threads` for thread pools of single-threaded torch streams, :func:`background_thread` for a pool's
+low-priority helper."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -55,6 +58,15 @@ def single_threaded_torch() -> None:
     default team (every core), so two pool threads each running a 640² rfft2 on 2 cores took 8.1 ms per
     transform instead of 0.75 ms (oversubscribed; the complex FFTs ran single-threaded either way)."""
     torch.set_num_threads(1)
+
+
+def background_thread() -> None:
+    """Thread-pool initializer: this thread yields the CPU to the others (nice +10, Linux only, where a thread has
+    its own priority): for work that may use an idle core but should not slow the threads computing beside it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 @contextlib.contextmanager

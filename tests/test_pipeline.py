@@ -3,9 +3,12 @@ and dataset modules, with a tiny configuration (4 structures of 28 Å, 2 shards,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +273,49 @@ def test_images_stage_writes_the_same_bytes_for_any_number_of_workers(built, mon
     assert stage.image_workers(spec, spec.shard_indices(0), root) == 2  # at most the shard's structures
     monkeypatch.setattr(stage, "IMAGE_WORKING_SET", 10**9)  # a working set beyond any memory: one at a time
     assert stage.image_workers(spec, spec.shard_indices(0), root) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_images_stage_writes_each_structure_while_the_next_ones_are_imaged(built, monkeypatch):
+    """The shard file is written structure by structure in order, by a low-priority writer thread, while the
+    workers image the next structures (not all at the end): the last structure's imaging waits here until the
+    first structure's arrays are in the file. ``rows`` is the file's last member; the bytes are the same."""
+    import threading
+    import zipfile
+
+    import hrtem_dataset.io as hio
+    from hrtem_dataset.stages import images as stage
+
+    spec, root, _, _ = built
+    path = pl.images_path(spec, 0, root)
+    reference = _sha(path)
+    indices = list(spec.shard_indices(0))
+    first_written, niceness = threading.Event(), []
+    original_writer, original_structure = hio.npz_writer, stage._image_structure
+
+    @contextlib.contextmanager
+    def watched_writer(fh, level=1):
+        with original_writer(fh, level) as add:
+            def watched(name, value):
+                add(name, value)
+                niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+                if name == "instances_0":
+                    first_written.set()
+            yield watched
+
+    def structure(spec_, i, root_=None):
+        if i == indices[-1]:
+            assert first_written.wait(60), "structure 0 was not written while the last one was imaged"
+        return original_structure(spec_, i, root_)
+
+    monkeypatch.setattr(stage, "npz_writer", watched_writer)
+    monkeypatch.setattr(stage, "_image_structure", structure)
+    pl.image_shard(spec, 0, root, force=True, workers=2)
+    assert _sha(path) == reference
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist()[-1] == "rows.npy"
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert niceness and all(n == min(19, base + 10) for n in niceness[:-1])  # the arrays: the writer thread
 
 
 def test_an_error_in_one_structure_fails_the_images_shard_and_writes_nothing(tmp_path, monkeypatch):
