@@ -210,6 +210,36 @@ def test_wave_streams_give_the_one_batch_pipelines_bytes(monkeypatch):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(streamed, batched, strict=True))
 
 
+def test_the_accelerator_kernels_run_on_the_cpu_and_give_the_cpu_kernels_waves(monkeypatch):
+    """The transmission functions' accelerator branch (torch's cos/sin, one batched inverse real FFT per chunk, no
+    worker pipeline, chunks as large as the memory budget allows), run on the CPU through the engine's one switch
+    between the two: the same waves as the CPU's kernels to float32 rounding (relative L2 ≤ 1e-5, as a GPU must
+    give), with whole chunks and with one slice per chunk. The branch a GPU takes is exercised here even where
+    no GPU runs the tests."""
+    atoms = [small_scene(cell=12.0, carbon=4.0, radius=3.0), small_scene(cell=12.0, carbon=3.0, radius=2.5, seed=7)]
+    host = simulate_exit_waves(atoms, phonons=2, seed=5)
+    chunks = []
+    original = te._transmission
+
+    def counted(u, atom_plane, plane_species, plane_target, *args, **kwargs):
+        t_parts, targets = original(u, atom_plane, plane_species, plane_target, *args, **kwargs)
+        chunks.append((len(t_parts), len(targets)))
+        return t_parts, targets
+
+    monkeypatch.setattr(te, "_transmission", counted)
+    monkeypatch.setattr(te, "_host_kernels", lambda device: False)
+    for max_memory in (None, 1):
+        chunks.clear()
+        accelerator = simulate_exit_waves(atoms, phonons=2, seed=5, max_memory=max_memory)
+        for a, b in zip(accelerator, host, strict=True):
+            assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-5
+        # each chunk's targets through one batched transform (one group), several slices per chunk unless bounded
+        assert chunks and all(groups == 1 for groups, _ in chunks)
+        sizes = [n for _, n in chunks]
+        assert max(sizes) > 1 if max_memory is None else set(sizes) == {1}  # bounded: one slice of one wave
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(accelerator, host, strict=True))  # other kernels ran
+
+
 def test_batched_waves_with_per_structure_seeds_equal_one_at_a_time():
     """simulate_exit_waves([a, b], phonons=P, seed=[sa, sb]) gives each structure exactly the frozen-phonon
     configurations of simulate_exit_wave(x, phonons=P, seed=sx) (different seeds: different waves)."""

@@ -486,7 +486,7 @@ def _multislice_batch(specimens: Sequence[_Specimen], cell: np.ndarray, grid: Gr
     budget = max_memory / (workers + 1)  # chunks in flight at once: one being consumed + one per worker
     # small chunks on a CPU stream (one slice: cache-sized planes; batched real FFTs of many 640² planes ran
     # 1.7× slower per plane); with ≥ 4 threads (threaded ops) and on CUDA, chunks as large as the budget allows
-    capped = workers > 0 or (device.type == "cpu" and (not pipeline or torch.get_num_threads() == 1))
+    capped = workers > 0 or (_host_kernels(device) and (not pipeline or torch.get_num_threads() == 1))
     chunks = []
     i = 0
     while i < len(nonempty):
@@ -573,8 +573,15 @@ _CHUNK_CAP = 1  # non-empty slices per pipelined chunk (one slice: smallest work
 threads (one single-threaded stream per core) while the main thread propagates the waves."""
 
 
+def _host_kernels(device: torch.device) -> bool:
+    """Whether the transmission functions take the CPU's kernels (numpy's cos/sin, one inverse real FFT per plane,
+    the worker-thread pipeline) rather than an accelerator's (torch's cos/sin, batched transforms, no pipeline).
+    The one switch between them: a test runs the accelerator's branch on the CPU through it."""
+    return device.type == "cpu"
+
+
 def _pipeline_workers(device: torch.device) -> int:
-    if not CPU_PIPELINE or device.type != "cpu":
+    if not CPU_PIPELINE or not _host_kernels(device):
         return 0
     n = torch.get_num_threads()
     return n if 2 <= n <= 3 else 0  # few cores: streams beat threaded FFTs; many cores: threaded ops
@@ -731,7 +738,8 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
     # on the CPU one inverse real FFT per plane whatever its size: MKL's batched c2r transform differs from one at a
     # time in the last bit on some CPUs (an AVX-512 Xeon, 2026-12-01; its r2c and c2c transforms do not), which
     # would make a wave's bytes depend on the waves batched with it
-    groups = ([slice(i, i + 1) for i in range(len(targets))] if device.type == "cpu"
+    host = _host_kernels(device)
+    groups = ([slice(i, i + 1) for i in range(len(targets))] if host
               else plane_groups(len(targets), (nx, ny), device))
     shape = (groups[0].stop - groups[0].start, nx, ny)
     scratch = (workspace if workspace is not None else {}).setdefault("transmission", {})
@@ -747,7 +755,7 @@ def _transmission(u: torch.Tensor, atom_plane: torch.Tensor, plane_species: np.n
             # contiguous cos and sin, then interleaved: 2-3× faster than writing into the strided real/imaginary
             # views of a complex tensor; on the CPU numpy's (the same bytes with AVX2 and AVX-512): 1.7 vs 4.1 ms
             # for both at 1280², one thread
-            if device.type == "cpu":
+            if host:
                 ph = phase.numpy()
                 np.cos(ph, out=cos.numpy())
                 np.sin(ph, out=sin.numpy())
