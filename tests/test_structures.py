@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from ase.data import chemical_symbols
 from scipy.spatial import ConvexHull, Delaunay, cKDTree
 
 from hrtem_dataset.cli import main
@@ -510,6 +511,33 @@ def test_fixed_width_atom_parser_gives_the_doubles_of_float(tmp_path):
     assert read_extxyz(tmp_path / "wide.extxyz").positions[5, 0] == 12345678.5
     for bad in (body.replace(" -", "--", 1), body[:200] + "x" + body[201:]):
         assert exporters._parse_atom_lines(bad, n) is None
+
+
+def test_array_formatted_atom_lines_are_the_percent_format_text():
+    """The writer's array formatting of the atom lines gives the characters of ``"%-2s %16.8f %16.8f %16.8f %8d"``
+    for every value: random coordinates of every magnitude it takes (|x| < 10⁶ Å), exact ties at the 9th decimal
+    (k/512 Å: rounded half to even), multiples of 5e-9, negative values that round to "-0.00000000", -0.0, ids of
+    up to 7 digits of either sign; wider values, non-finite ones and 8-digit ids are left to the %-format."""
+    from hrtem_dataset.structures import exporters
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    pos = np.concatenate([rng.uniform(-1000, 1000, (n, 3)), rng.uniform(-1, 1, (n, 3)),
+                          rng.uniform(-999999.9, 999999.9, (n, 3)), np.arange(-3 * n, 0).reshape(n, 3) / 512.0,
+                          np.arange(-n * 3 // 2, n * 3 // 2).reshape(n, 3) * 5e-9,
+                          (np.arange(3 * n).reshape(n, 3) + 0.5) * 1e-8])
+    pos[:3] = [[-0.0, 0.0, -1e-10], [-5e-9, 5e-9, 999999.99999999], [-999999.99999999, 0.125, 1.5]]
+    numbers = rng.choice([1, 6, 8, 47, 79, 92, 118], len(pos))
+    ids = rng.integers(-9999999, 10**7, len(pos))
+    ids[:4] = [-1, 0, 9999999, -9999999]
+    text = exporters._atom_lines(numbers, pos, ids)
+    symbols = [chemical_symbols[z] for z in numbers.tolist()]
+    expected = "".join("%-2s %16.8f %16.8f %16.8f %8d\n" % (s, *p, i)  # noqa: UP031 (the reference format)
+                       for s, p, i in zip(symbols, pos.tolist(), ids.tolist(), strict=True))
+    assert text == expected
+    for bad_pos, bad_ids in ((pos[:3] + [0, 0, 1e6], ids[:3]), (pos[:3] * [np.nan, 1, 1], ids[:3]),
+                             (pos[:3], ids[:3] * 0 + 10**7)):
+        assert exporters._atom_lines(numbers[:3], bad_pos, bad_ids) is None
 
 
 def test_paper_distribution_samples_in_range():

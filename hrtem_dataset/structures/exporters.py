@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers
+from ase.data import atomic_numbers, chemical_symbols
 
 from ..errors import InputError
 from ..io import atomic_path
@@ -61,14 +61,91 @@ def write_extxyz(atoms: Atoms, path) -> Path:
         if "scene" in out.info:
             head.append("scene=" + _ase_escape(out.info["scene"]))
         head.append("pbc=" + _ase_escape(" ".join("T" if b else "F" for b in out.pbc)))
-        symbols = out.get_chemical_symbols()
         fh.write(f"{len(out)}\n{' '.join(head)}\n")
-        # one %-format over all atoms (3× faster than formatting line by line), the same text
-        values: list = []
-        for row in zip(symbols, out.positions.tolist(), pid.tolist(), strict=True):
-            values.extend((row[0], *row[1], row[2]))
-        fh.write(("%-2s %16.8f %16.8f %16.8f %8d\n" * len(symbols)) % tuple(values))
+        lines = _atom_lines(out.numbers, out.positions, pid)
+        if lines is None:  # one %-format over all atoms (3× faster than formatting line by line), the same text
+            values: list = []
+            for row in zip(out.get_chemical_symbols(), out.positions.tolist(), pid.tolist(), strict=True):
+                values.extend((row[0], *row[1], row[2]))
+            lines = ("%-2s %16.8f %16.8f %16.8f %8d\n" * len(out)) % tuple(values)
+        fh.write(lines)
     return path
+
+
+# the atom lines as records of fixed byte offsets: "%-2s %16.8f %16.8f %16.8f %8d\n" is the symbol, then per coordinate
+# 8 bytes of sign, digits and point and 8 bytes of decimals, then the id's 8 bytes; the rest is spaces and "\n"
+_RECORD = np.dtype({"names": ["symbol", "x", "x8", "y", "y8", "z", "z8", "id", "newline"],
+                    "formats": ["<u2", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "u1"],
+                    "offsets": [0, 3, 11, 20, 28, 37, 45, 54, 62], "itemsize": 63})
+_SYMBOLS = np.array([int.from_bytes(f"{s:<2}".encode()[:2], "little") if len(s) <= 2 else 0 for s in chemical_symbols],
+                    dtype=np.uint16)  # "%-2s" of each element's symbol (none is longer than 2)
+_FOUR = np.array([int.from_bytes(f"{i:04d}".encode(), "little") for i in range(10_000)], dtype=np.uint64)  # "%04d"
+_SPACES = np.uint64(0x2020202020202020)
+
+
+def _eight_digits(v: np.ndarray) -> np.ndarray:
+    """``"%08d"`` of the integers 0 ≤ v < 10⁸ as 8 bytes in a little-endian uint64 (two lookups of four digits)."""
+    high = v // 10_000
+    return _FOUR[high] | (_FOUR[v - high * 10_000] << np.uint64(32))
+
+
+def _right_aligned(digits: np.ndarray, v: np.ndarray, n_max: int, negative: np.ndarray) -> np.ndarray:
+    """The 8 bytes ``digits`` (v's digits right-aligned in the first ``n_max`` + 1 bytes, zeros before them) with the
+    zeros before v's first digit as spaces and a "-" just before that digit where ``negative``: ``%d``'s text."""
+    n_digits = np.ones(v.shape, dtype=np.uint64)
+    for k in range(1, n_max):
+        n_digits += (v >= 10**k).astype(np.uint64)
+    lead = (np.uint64(n_max + 1) - n_digits) * np.uint64(8)  # bits of the bytes before the first digit
+    mask = (np.uint64(1) << lead) - np.uint64(1)
+    text = (digits & ~mask) | (_SPACES & mask)
+    sign = np.uint64(0xFF) << (lead - np.uint64(8))
+    return np.where(negative, (text & ~sign) | (np.uint64(0x2D2D2D2D2D2D2D2D) & sign), text)
+
+
+def _fixed_8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``"%16.8f"`` of each value of ``x`` as two little-endian uint64 of 8 characters each (sign, digits and point;
+    the decimals): Python's characters (the exact binary value correctly rounded, ties to even, "-0.00000000" for
+    negative values that round to zero), or None where a value is not finite or has 7 or more digits before the point
+    (the %-format path then writes the file).
+
+    |x|·10⁸ < 10¹⁴ in float64 is off by at most half an ulp, so the rounding is decided by it except within an ulp of
+    a half, where Python's formatting of that value decides (about 1 value in 10⁵ for scene coordinates)."""
+    a = np.abs(x)
+    if not np.all(a < 1e6):  # NaN compares False too
+        return None
+    y = a * 1e8
+    whole = np.floor(y)
+    frac = y - whole  # exact: y and its floor are within a factor 2 of each other, or y < 1
+    q = whole.astype(np.int64) + (frac > 0.5)
+    for i in np.flatnonzero(np.abs(frac - 0.5) <= np.spacing(y)).tolist():  # possibly a tie of the exact value
+        q[i] = int(f"{float(a[i]):.8f}".replace(".", ""))
+    integer = q // 10**8
+    # "%08d" of the integer part (< 10⁶) one byte to the left, then the point: sign and 6 digits in bytes 0–6
+    head = (_eight_digits(integer) >> np.uint64(8)) | (np.uint64(0x2E) << np.uint64(56))
+    return _right_aligned(head, integer, 6, np.signbit(x)), _eight_digits(q - integer * 10**8)
+
+
+def _atom_lines(numbers: np.ndarray, positions: np.ndarray, pid: np.ndarray) -> str | None:
+    """``"%-2s %16.8f %16.8f %16.8f %8d\\n"`` of every atom, formatted as arrays (≈ 10× faster than the %-format of a
+    scene, and numpy releases the GIL that formatting holds: the structures stage writes scenes while its threads
+    draw the next ones); None for values outside :func:`_fixed_8`'s range or ids of more than 7 digits."""
+    n = len(numbers)
+    ids = np.asarray(pid, dtype=np.int64)
+    symbols = _SYMBOLS[np.asarray(numbers)]
+    if n == 0 or not (np.all(np.abs(ids) < 10**7) and np.all(symbols)):
+        return None
+    buffer = np.full(n * _RECORD.itemsize, 32, dtype=np.uint8)
+    lines = buffer.view(_RECORD)
+    lines["symbol"] = symbols
+    for c, name in enumerate("xyz"):
+        text = _fixed_8(np.ascontiguousarray(positions[:, c], dtype=np.float64))
+        if text is None:
+            return None
+        lines[name], lines[name + "8"] = text
+    magnitude = np.abs(ids)
+    lines["id"] = _right_aligned(_eight_digits(magnitude), magnitude, 7, ids < 0)
+    lines["newline"] = 10
+    return buffer.tobytes().decode("ascii")
 
 
 _LINE = 63  # "%-2s %16.8f %16.8f %16.8f %8d\n": the atom lines write_extxyz writes
