@@ -318,8 +318,8 @@ def test_images_stage_writes_each_structure_while_the_next_ones_are_imaged(built
     assert niceness and all(n == min(19, base + 10) for n in niceness[:-1])  # the arrays: the writer thread
 
 
-def test_an_error_in_one_structure_fails_the_images_shard_and_writes_nothing(tmp_path, monkeypatch):
-    """A worker's exception reaches the caller; no shard file (and no temporary) is left behind."""
+def test_an_error_in_one_structure_or_the_writer_fails_the_images_shard_and_writes_nothing(tmp_path, monkeypatch):
+    """A worker's or the writer thread's exception reaches the caller; no shard file (and no temporary) is left behind."""
     from hrtem_dataset.stages import images as stage
 
     spec = _spec()
@@ -337,6 +337,23 @@ def test_an_error_in_one_structure_fails_the_images_shard_and_writes_nothing(tmp
     with pytest.raises(RuntimeError, match="structure 1 broke"):
         pl.image_shard(spec, 0, tmp_path, workers=2)
     images = pl.images_path(spec, 0, tmp_path).parent
+    assert not pl.images_path(spec, 0, tmp_path).exists() and not list(images.glob("*.tmp*"))
+    # the writer thread failing (a full disk) fails the shard the same way
+    monkeypatch.setattr(stage, "_image_structure", original)
+    original_writer = stage.npz_writer
+
+    @contextlib.contextmanager
+    def full_disk(fh, level=1):
+        with original_writer(fh, level) as add:
+            def failing(name, value):
+                if name == "image_1":
+                    raise OSError(28, "No space left on device")
+                add(name, value)
+            yield failing
+
+    monkeypatch.setattr(stage, "npz_writer", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pl.image_shard(spec, 0, tmp_path, workers=2)
     assert not pl.images_path(spec, 0, tmp_path).exists() and not list(images.glob("*.tmp*"))
 
 

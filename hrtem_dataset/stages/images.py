@@ -153,7 +153,11 @@ def _in_threads(fn, items: list, workers: int):
         return
     with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images",
                                               initializer=single_threaded_torch) as pool:
-        yield in_order(pool, fn, items, 2 * workers)
+        results = in_order(pool, fn, items, 2 * workers)
+        try:
+            yield results
+        finally:  # on an error in the caller too: the items not started are cancelled before the pool waits
+            results.close()
 
 
 def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
