@@ -131,8 +131,11 @@ def _atom_lines(numbers: np.ndarray, positions: np.ndarray, pid: np.ndarray) -> 
     draw the next ones); None for values outside :func:`_fixed_8`'s range or ids of more than 7 digits."""
     n = len(numbers)
     ids = np.asarray(pid, dtype=np.int64)
-    symbols = _SYMBOLS[np.asarray(numbers)]
-    if n == 0 or not (np.all(np.abs(ids) < 10**7) and np.all(symbols)):
+    numbers = np.asarray(numbers)
+    if n == 0 or not (np.all((numbers >= 0) & (numbers < len(_SYMBOLS))) and np.all(np.abs(ids) < 10**7)):
+        return None
+    symbols = _SYMBOLS[numbers]
+    if not np.all(symbols):
         return None
     buffer = np.full(n * _RECORD.itemsize, 32, dtype=np.uint8)
     lines = buffer.view(_RECORD)
