@@ -46,6 +46,17 @@ DIGESTS = [  # (parquet digests by path, model.safetensors digest), one per CPU 
 ]
 
 
+def _cpu() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (vendor, family, model, model name), for the failure message."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()[:10]
+        fields = {k.strip(): v for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+    except OSError:
+        return "an unknown CPU"
+    get = lambda k: fields.get(k, "?").strip()  # noqa: E731
+    return f"{get('vendor_id')} family {get('cpu family')} model {get('model')} ({get('model name')})"
+
+
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -73,7 +84,9 @@ def test_same_spec_same_bytes_as_before_the_refactor(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     parquet, model = json.loads(r.stdout.strip().splitlines()[-1])
-    assert (parquet, model) in DIGESTS, (parquet, model)
+    assert (parquet, model) in DIGESTS, (
+        f"new digests {(parquet, model)} on {_cpu()}: if the code before the change gives them too on this CPU, "
+        "add them to DIGESTS as this CPU family's set (see the module docstring); otherwise the bytes changed")
     # the Dagster code versions are the workspace fingerprints the stages wrote (one source for both)
     from dagster_project.assets import code_versions
     from hrtem_dataset import workspace
