@@ -166,6 +166,25 @@ def test_full_grid_intensity_is_bit_identical_to_the_previous_formula():
     assert torch.equal(_full_intensity(waves, torch.fft.fft2(waves), H), previous)
 
 
+def test_streamed_full_grid_intensity_is_bit_identical_to_the_batched_form(monkeypatch):
+    """On the CPU, planes of ≥ 512² go through the full-grid path plane by plane (each image's |ψ|² summed phonon by
+    phonon, then divided by P): bit for bit the batched form's stacked spectra and mean over the phonons, with the
+    waves' own transforms, a per-image spectrum and one shared by the batch."""
+    from hrtem_dataset import spectra
+
+    torch.manual_seed(3)
+    n = (512, 520)
+    x = torch.randn(2, 3, *n)
+    waves = torch.polar(torch.ones_like(x), 0.3 * x)
+    H = torch.polar(torch.rand(2, *n), torch.randn(2, *n))
+    shared = waves[:1].expand(2, 3, *n)
+    cases = [(waves, None), (waves, torch.fft.fft2(waves)), (shared, torch.fft.fft2(waves[:1])), (shared, None)]
+    streamed = [_full_intensity(w, sp, H) for w, sp in cases]
+    monkeypatch.setattr(spectra, "PLANE_LOOP_BYTES", 10**12)  # every stack batched: the reference form
+    for (w, sp), got in zip(cases, streamed, strict=True):
+        assert torch.equal(got, _full_intensity(w, sp, H))
+
+
 def test_intensity_in_place_is_bit_identical_to_the_reference_formula():
     """_common.intensity_ (square the buffer in place, add the halves) gives view_as_real(ψ).square().sum(-1)'s
     bytes, also for odd grids and extreme magnitudes."""

@@ -36,7 +36,7 @@ import torch
 from ..device import resolve_device
 from ..errors import InputError
 from ..simulation.physics import wavelength as electron_wavelength
-from ..spectra import crop_spectrum, fft2
+from ..spectra import crop_spectrum, fft2, plane_groups
 from ._common import as_pair, complex_tensor, intensity_, phonon_stack
 from .aberrations import POLAR_ALIASES, POLAR_SYMBOLS, aberration_coefficients, canonical_name
 from .ctf import transfer_function
@@ -221,7 +221,29 @@ def wave_spectrum(waves, device: str | None = "cpu") -> torch.Tensor:
 
 
 def _full_intensity(waves: torch.Tensor, spectrum: torch.Tensor | None, H: torch.Tensor) -> torch.Tensor:
-    """(1/P) Σ_p |F⁻¹[Ψ_p H]|² on the simulation grid (the reference path), float32 (B, nx, ny)."""
+    """(1/P) Σ_p |F⁻¹[Ψ_p H]|² on the simulation grid (the reference path), float32 (B, nx, ny).
+
+    Where the CPU transforms such planes one at a time anyway (``spectra.plane_groups``: ≥ 512² planes), streamed
+    plane by plane: each plane's (forward FFT,) CTF product, inverse FFT and |ψ|² added to its image, then the sum
+    divided by P — the same float32 operations in the same order as the batched form below, bit for bit (a test
+    compares them), without its stacked B·P spectra, copies into them and stacked intensities (2 × 8 phonons at
+    640²: 23 vs 39 ms on 2 threads)."""
+    batch, phonons = waves.shape[:2]
+    if len(plane_groups(batch * phonons, waves.shape[-2:], waves.device)) > 1:
+        image = torch.empty((batch, *waves.shape[-2:]), dtype=torch.float32, device=waves.device)
+        for b in range(batch):
+            for p in range(phonons):
+                if spectrum is None:
+                    x = torch.fft.fft2(waves[b, p])
+                    x.mul_(H[b])
+                else:
+                    x = spectrum[b if spectrum.shape[0] > 1 else 0, p] * H[b]
+                square = intensity_(torch.fft.ifft2(x))
+                if p == 0:
+                    image[b] = square
+                else:
+                    image[b].add_(square)
+        return image.div_(phonons)
     if spectrum is None:
         spec = fft2(waves)
         spec.mul_(H[:, None])  # in place: the batch of P waves is the largest array here
