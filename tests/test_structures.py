@@ -485,7 +485,7 @@ def test_fixed_width_atom_parser_gives_the_doubles_of_float(tmp_path):
     from hrtem_dataset.structures import exporters
 
     rng = np.random.default_rng(1)
-    n = 3000  # three products of at most 1024 rows (below OpenBLAS's threading threshold)
+    n = 3000
     pos = np.concatenate([rng.uniform(-9.9e5, 9.9e6, (n // 3, 3)), rng.uniform(-1, 1, (n // 3, 3)),
                           rng.normal(0, 50, (n - 2 * (n // 3), 3))])
     pos[:4] = [[-0.0, 0.0, -1e-9], [-4e-9, 5e-9, 9999999.99999999], [-999999.99999999, 1.5, 0.125], [1, 2, 3]]
@@ -515,18 +515,22 @@ def test_fixed_width_atom_parser_gives_the_doubles_of_float(tmp_path):
 
 def test_array_formatted_atom_lines_are_the_percent_format_text():
     """The writer's array formatting of the atom lines gives the characters of ``"%-2s %16.8f %16.8f %16.8f %8d"``
-    for every value: random coordinates of every magnitude it takes (|x| < 10⁶ Å), exact ties at the 9th decimal
-    (k/512 Å: rounded half to even), multiples of 5e-9, negative values that round to "-0.00000000", -0.0, ids of
-    up to 7 digits of either sign; wider values, non-finite ones and 8-digit ids are left to the %-format."""
+    for every value: random coordinates of every magnitude that fits the field (7 digits before the point, 6 after
+    a "-"), exact ties at the 9th decimal (k/512 Å: rounded half to even), multiples of 5e-9, negative values that
+    round to "-0.00000000", -0.0, values that round up to the field's edge, ids of up to 7 digits of either sign;
+    wider values, non-finite ones and 8-digit ids are left to the %-format. The reader parses exactly these lines
+    back to float()'s doubles."""
     from hrtem_dataset.structures import exporters
 
     rng = np.random.default_rng(3)
     n = 6000
     pos = np.concatenate([rng.uniform(-1000, 1000, (n, 3)), rng.uniform(-1, 1, (n, 3)),
-                          rng.uniform(-999999.9, 999999.9, (n, 3)), np.arange(-3 * n, 0).reshape(n, 3) / 512.0,
+                          rng.uniform(-999999.9, 999999.9, (n, 3)), rng.uniform(1e6, 1e7, (n, 3)),
+                          np.arange(-3 * n, 0).reshape(n, 3) / 512.0,
                           np.arange(-n * 3 // 2, n * 3 // 2).reshape(n, 3) * 5e-9,
                           (np.arange(3 * n).reshape(n, 3) + 0.5) * 1e-8])
-    pos[:3] = [[-0.0, 0.0, -1e-10], [-5e-9, 5e-9, 999999.99999999], [-999999.99999999, 0.125, 1.5]]
+    pos[:4] = [[-0.0, 0.0, -1e-10], [-5e-9, 5e-9, 9999999.99999999], [-999999.99999999, 0.125, 1.5],
+               [9999999.999999994, -999999.999999994, 999999.999999996]]
     numbers = rng.choice([1, 6, 8, 47, 79, 92, 118], len(pos))
     ids = rng.integers(-9999999, 10**7, len(pos))
     ids[:4] = [-1, 0, 9999999, -9999999]
@@ -535,9 +539,14 @@ def test_array_formatted_atom_lines_are_the_percent_format_text():
     expected = "".join("%-2s %16.8f %16.8f %16.8f %8d\n" % (s, *p, i)  # noqa: UP031 (the reference format)
                        for s, p, i in zip(symbols, pos.tolist(), ids.tolist(), strict=True))
     assert text == expected
-    for bad_pos, bad_ids in ((pos[:3] + [0, 0, 1e6], ids[:3]), (pos[:3] * [np.nan, 1, 1], ids[:3]),
-                             (pos[:3], ids[:3] * 0 + 10**7)):
-        assert exporters._atom_lines(numbers[:3], bad_pos, bad_ids) is None
+    parsed = exporters._parse_atom_lines(text, len(pos))
+    assert parsed is not None and parsed[0].tolist() == numbers.tolist() and parsed[2].tolist() == ids.tolist()
+    doubles = np.array([[float(t) for t in line.split()[1:4]] for line in expected.splitlines()])
+    assert parsed[1].view(np.int64).tolist() == doubles.view(np.int64).tolist()  # float()'s doubles, signed zeros too
+    for bad_pos, bad_ids in (([[0, 0, 1e7]], ids[:1]), ([[0, 0, 9999999.999999996]], ids[:1]),
+                             ([[-1e6, 0, 0]], ids[:1]), ([[-999999.999999996, 0, 0]], ids[:1]),
+                             ([[np.nan, 0, 0]], ids[:1]), (pos[:1], [10**7])):
+        assert exporters._atom_lines(numbers[:1], np.array(bad_pos, dtype=float), np.array(bad_ids)) is None
 
 
 def test_paper_distribution_samples_in_range():
