@@ -15,13 +15,13 @@ are drawn, and the same seed gives identical displacements on every machine.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ase.data import chemical_symbols
 
+from ..device import usable_cpus
 from ..errors import InputError
 from ..seeding import derive_seed
 from ..structures.thermal import DEBYE_WALLER_B, FALLBACK_B, default_rms_displacement
@@ -64,7 +64,7 @@ def displaced_positions(positions: np.ndarray, numbers: np.ndarray, n_configs: i
 
     # configurations in threads (numpy's generators and array arithmetic release the GIL): each has its own
     # generator, so the values do not depend on the number of threads
-    workers = min(n_configs, os.cpu_count() or 1) if positions.size * n_configs >= PARALLEL_VALUES else 1
+    workers = min(n_configs, usable_cpus()) if positions.size * n_configs >= PARALLEL_VALUES else 1
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-phonons") as pool:
             list(pool.map(draw, range(n_configs)))

@@ -11,7 +11,10 @@ into Dagster types.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -137,3 +140,16 @@ def in_order(pool, fn, items: list, ahead: int):
     finally:
         for f in pending:
             f.cancel()
+
+
+@contextlib.contextmanager
+def in_order_threads(fn, items: list, workers: int, name: str, initializer=None) -> Iterator:
+    """:func:`in_order` in a pool of ``workers`` threads (``name``, ``initializer`` as ``ThreadPoolExecutor``'s),
+    ``2 × workers`` items ahead, for the block: leaving it — an error in the caller's loop too — cancels the items not
+    started, then waits for the running ones."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=initializer) as pool:
+        results = in_order(pool, fn, items, 2 * workers)
+        try:
+            yield results
+        finally:
+            results.close()

@@ -43,7 +43,7 @@ from ..workspace import (
     simulation_settings,
     waves_path,
 )
-from .base import CheckSpec, RunContext, Stage, StageResult, in_order, outcome, rate
+from .base import CheckSpec, RunContext, Stage, StageResult, in_order_threads, outcome, rate
 from .structures import read_structure
 
 SCENE_INTENSITY_TOL = 0.05    # mean |ψ|² of scene waves: flux lost outside the antialias aperture only
@@ -82,12 +82,11 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
             contextlib.ExitStack() as stack:
         if workers > 1:  # structures simulated side by side, results taken (and written) in order
             stack.enter_context(torch_threads(1))
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-waves",
-                                                          initializer=single_threaded_torch))
-            results = in_order(pool, lambda i: _simulate_one(spec, sim, i, root), todo, 2 * workers)
+            results = stack.enter_context(in_order_threads(lambda i: _simulate_one(spec, sim, i, root), todo,
+                                                           workers, "hrtem-waves", single_threaded_torch))
         else:  # one at a time, the I/O thread reading the next structure meanwhile
             results = _sequential(io, spec, sim, todo, root)
-        stack.callback(results.close)  # on an error below: cancel the structures not started yet
+            stack.callback(results.close)  # on an error below: no further structure is read
         writing = None
         for i, (atoms, out) in zip(todo, results, strict=True):
             scene = np.asarray(out["scene"], dtype=np.complex64)

@@ -49,7 +49,7 @@ from ..workspace import (
     structure_id,
     waves_path,
 )
-from .base import CheckSpec, RunContext, Stage, StageResult, in_order, outcome, rate
+from .base import CheckSpec, RunContext, Stage, StageResult, in_order_threads, outcome, rate
 from .exit_waves import load_waves
 from .structures import read_structure
 
@@ -151,13 +151,8 @@ def _in_threads(fn, items: list, workers: int):
     if workers <= 1 or len(items) <= 1:
         yield (fn(x) for x in items)
         return
-    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hrtem-images",
-                                              initializer=single_threaded_torch) as pool:
-        results = in_order(pool, fn, items, 2 * workers)
-        try:
-            yield results
-        finally:  # on an error in the caller too: the items not started are cancelled before the pool waits
-            results.close()
+    with torch_threads(1), in_order_threads(fn, items, workers, "hrtem-images", single_threaded_torch) as results:
+        yield results
 
 
 def _image_structure(spec: DatasetSpec, i: int, root=None) -> dict:
