@@ -23,3 +23,17 @@ def pytest_runtest_setup(item):
     # abTEM fails at import instead of hiding the tests
     if item.get_closest_marker("abtem") is not None and not HAS_ABTEM:
         pytest.skip("abTEM is not installed (optional extra)")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the process environment as it found it, including changes a library makes behind
+    monkeypatch's back: distributed's Nanny sets ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+    ``OPENBLAS_NUM_THREADS`` to 1 in this process's environment when it spawns its workers (the Dask executor
+    tests), so every subprocess a later test starts ran single-threaded (the images stage of a benchmark child
+    took 1 worker instead of one per core)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
