@@ -38,6 +38,7 @@ touching particles split along the perpendicular bisector of their atoms. Instan
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -198,23 +199,44 @@ VACUUM_MARGIN = 6.0
 
 def vacuum_region(atoms, shape: tuple[int, int], sampling: tuple[float, float],
                   margin: float = VACUUM_MARGIN) -> np.ndarray:
-    """Bool ``[x, y]`` map of grid pixels farther than ``margin`` Å (in projection) from every particle
-    atom — vacuum in the particle-only exit waves, where |ψ| must be 1. Vectorised: a 2-D histogram of
-    atom positions and a Euclidean distance transform."""
+    """Bool ``[x, y]`` map of grid pixels farther than ``margin`` Å (in projection, periodic in x and y) from every
+    particle atom — vacuum in the particle-only exit waves, where |ψ| must be 1.
+
+    The pixels holding an atom (nearest grid point) dilated by the disk of offsets within ``margin`` (the same
+    distances, ``sqrt((Δi·s_x)² + (Δj·s_y)²)`` in float64, as a Euclidean distance transform computes: the same map,
+    tests compare it with one), as a periodic convolution by FFT: a few times faster than the transform on a 640²
+    grid (the exit-wave checks run it on every structure of a partition)."""
     pid = np.asarray(atoms.arrays.get("particle_id", np.zeros(len(atoms), int)))
     pos = atoms.positions[pid >= 0]
     if len(pos) == 0:
         return np.ones(shape, bool)
+    shape = (int(shape[0]), int(shape[1]))
     lx, ly = shape[0] * sampling[0], shape[1] * sampling[1]
     # nearest grid point (bins centred on the samples), periodic in x and y
     extent = [[-sampling[0] / 2, lx - sampling[0] / 2], [-sampling[1] / 2, ly - sampling[1] / 2]]
     px = np.mod(pos[:, 0] + sampling[0] / 2, lx) - sampling[0] / 2
     py = np.mod(pos[:, 1] + sampling[1] / 2, ly) - sampling[1] / 2
     hist, _, _ = np.histogram2d(px, py, bins=shape, range=extent)
-    pad = (int(math.ceil(margin / sampling[0])) + 1, int(math.ceil(margin / sampling[1])) + 1)
-    empty = np.pad(hist == 0, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
-    dist = ndimage.distance_transform_edt(empty, sampling=sampling)[pad[0]:pad[0] + shape[0], pad[1]:pad[1] + shape[1]]
-    return dist > margin
+    disk = _disk_spectrum(shape, (float(sampling[0]), float(sampling[1])), float(margin))
+    # atoms within the margin of each pixel: integer counts, float64 rounding ≪ ½
+    near = np.fft.irfft2(np.fft.rfft2(hist > 0) * disk, s=shape)
+    return near < 0.5
+
+
+@functools.lru_cache(maxsize=8)
+def _disk_spectrum(shape: tuple[int, int], sampling: tuple[float, float], margin: float) -> np.ndarray:
+    """``rfft2`` of the periodic indicator of the pixel offsets within ``margin`` Å of a pixel (offsets that wrap
+    onto the same pixel of a small grid are summed, so each periodic image of an atom counts)."""
+    r = [int(math.floor(margin / s)) + 1 for s in sampling]
+    di, dj = np.arange(-r[0], r[0] + 1), np.arange(-r[1], r[1] + 1)
+    inside = np.sqrt((di[:, None] * sampling[0]) ** 2 + (dj[None, :] * sampling[1]) ** 2) <= margin
+    ii, jj = np.nonzero(inside)
+    kernel = np.zeros(shape)
+    np.add.at(kernel, (di[ii] % shape[0], dj[jj] % shape[1]), 1.0)
+    kernel.setflags(write=False)
+    spectrum = np.fft.rfft2(kernel)
+    spectrum.setflags(write=False)
+    return spectrum
 
 
 def particle_table(atoms, instances: np.ndarray, pixel_size: tuple[float, float]) -> list[dict]:

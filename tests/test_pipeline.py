@@ -238,6 +238,45 @@ def test_vacuum_region_is_periodic():
     assert not vac[70, 50]  # 5.8 Å away
 
 
+
+def _vacuum_by_distance_transform(atoms, shape, sampling, margin):
+    """The vacuum map as a Euclidean distance transform of the wrap-padded empty pixels gives it (the reference)."""
+    from scipy import ndimage
+
+    pos = atoms.positions[atoms.arrays["particle_id"] >= 0]
+    lx, ly = shape[0] * sampling[0], shape[1] * sampling[1]
+    extent = [[-sampling[0] / 2, lx - sampling[0] / 2], [-sampling[1] / 2, ly - sampling[1] / 2]]
+    px = np.mod(pos[:, 0] + sampling[0] / 2, lx) - sampling[0] / 2
+    py = np.mod(pos[:, 1] + sampling[1] / 2, ly) - sampling[1] / 2
+    hist, _, _ = np.histogram2d(px, py, bins=shape, range=extent)
+    pad = (int(np.ceil(margin / sampling[0])) + 1, int(np.ceil(margin / sampling[1])) + 1)
+    empty = np.pad(hist == 0, [(pad[0], pad[0]), (pad[1], pad[1])], mode="wrap")
+    dist = ndimage.distance_transform_edt(empty, sampling=sampling)[pad[0]:pad[0] + shape[0], pad[1]:pad[1] + shape[1]]
+    return dist > margin
+
+
+def test_vacuum_region_equals_the_distance_transform():
+    """The FFT dilation gives the distance transform's map pixel for pixel: atoms on grid points (distances exactly
+    at the margin), anisotropic sampling, grids smaller than the disk (periodic images), several margins."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n = int(rng.integers(1, 25))
+        shape = (int(rng.integers(6, 90)), int(rng.integers(6, 90)))
+        sampling = tuple(float(v) for v in rng.choice([0.1, 0.13, 0.2, 0.25, 0.5], 2))
+        margin = float(rng.choice([0.3, 1.0, 2.5, 3.0, 6.0]))
+        cell = [shape[0] * sampling[0], shape[1] * sampling[1], 10.0]
+        pos = rng.uniform(-1.5, 1.5, (n, 3)) * cell
+        pos[: n // 2, :2] = np.round(pos[: n // 2, :2] / sampling) * sampling  # on grid points: ties at the margin
+        atoms = Atoms(f"Au{n}", positions=pos, cell=cell, pbc=True)
+        atoms.set_array("particle_id", np.where(rng.random(n) < 0.8, 0, -1))  # some substrate atoms: ignored
+        if not (atoms.arrays["particle_id"] >= 0).any():
+            continue
+        got = pl.vacuum_region(atoms, shape, sampling, margin=margin)
+        assert np.array_equal(got, _vacuum_by_distance_transform(atoms, shape, sampling, margin)), (shape, sampling,
+                                                                                                      margin)
+
 def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
     """A stage folder that holds only its fingerprint (the first attempt failed before writing anything)
     is re-claimed by a corrected spec; a folder with artifacts still refuses a different spec."""
