@@ -50,7 +50,9 @@ def _to_png(rgb_or_gray: np.ndarray, max_size: int = 192) -> bytes:
     if max(img.size) > max_size:
         img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    # zlib level 6, not PIL's optimize (level 9): on the large flat areas of these previews level 9 took 38–126 ms
+    # per preview (a structure projection, a particle wave's phase) instead of 4–9 ms, for files 2–16 % smaller
+    img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
