@@ -35,7 +35,7 @@ def test_main_reports_rate_stages_and_memory(tmp_path):
     config = write_tiny_config(tmp_path, model=False)
     out = bench.main([str(config), "--structures", "1", "--no-dagster"])
     assert out["structures_cap"] == 1 and out["shard_structures"] == 1
-    assert out["dagster_resumed_partition_run_s"] is None
+    assert out["dagster_resumed_partition_run_s"] is None and out["dagster_resumed_partition_warm_s"] is None
     assert out["labelled_rows"] == 1 and out["labelled_rows_are"] == "images"
     stage_s = out["structures_s"] + out["exit_waves_s"] + out["imaging_s"]
     assert math.isclose(out["labelled_stages_s"], stage_s, abs_tol=2e-3)
