@@ -224,7 +224,7 @@ def vacuum_region(atoms, shape: tuple[int, int], sampling: tuple[float, float],
     return (near < 0.5).numpy()
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # one grid per configuration; 13 MB at 1280²
 def _disk_spectrum(shape: tuple[int, int], sampling: tuple[float, float], margin: float) -> torch.Tensor:
     """``rfft2`` of the periodic indicator of the pixel offsets within ``margin`` Å of a pixel (offsets that wrap
     onto the same pixel of a small grid are summed, so each periodic image of an atom counts)."""
