@@ -237,6 +237,22 @@ def test_calibration_intensities_are_bit_identical_to_the_stacked_formula(phonon
             np.testing.assert_array_equal(curve, ref)
 
 
+def test_octant_expansion_copies_the_bits():
+    """The CPU's row-by-row gather of 8-byte words gives what one complex ``index_select`` gives (the accelerators'
+    gather), NaN payloads and signed zeros included."""
+    from hrtem_dataset.imaging import ctf
+
+    rows, _, inverse = ctf._octant(96, "cpu")
+    g = torch.Generator().manual_seed(5)
+    for batch in (1, 3):
+        H = torch.complex(torch.randn(batch, rows.numel(), generator=g), torch.randn(batch, rows.numel(), generator=g))
+        H[0, :3] = torch.tensor([complex(float("nan"), -0.0), complex(-0.0, float("inf")), 0j])
+        got = ctf._octant_expand(H, inverse.reshape(-1), (96, 96))
+        want = H.index_select(1, inverse.reshape(-1)).reshape(batch, 96, 96)
+        assert got.dtype == torch.complex64 and got.shape == want.shape
+        assert torch.equal(torch.view_as_real(got).view(torch.int32), torch.view_as_real(want).view(torch.int32))
+
+
 @pytest.mark.parametrize("n, sampling", [(640, 0.1), (255, 0.25), (96, 0.1)])
 def test_octant_transfer_function_is_bit_identical_to_the_full_grid(monkeypatch, n, sampling):
     """Round aberrations without an aperture on a square grid: H computed on one octant of the grid and copied
