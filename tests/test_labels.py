@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk
 from scipy.spatial.transform import Rotation
@@ -220,3 +221,21 @@ def test_instance_map_on_a_padded_field_equals_the_tiled_transform(pixel_size):
     d = (pos - [12.0, 37.0] + cell / 2) % cell - cell / 2
     assert np.hypot(d[:, 0], d[:, 1]).min() > INSTANCE_REACH + 1.0
     np.testing.assert_array_equal(instance_map(atoms, far, pixel_size), _tiled_instance_map(atoms, far, pixel_size))
+
+
+@pytest.mark.parametrize("shape, sampling", [((640, 640), (0.1, 0.1)), ((255, 255), (0.25, 0.25)), ((96, 96), (0.1, 0.1)),
+                                             ((96, 80), (0.1, 0.1)), ((64, 64), (0.1, 0.12))])
+def test_defocus_propagator_has_the_full_grid_bits(shape, sampling):
+    """The labels' defocus propagator, computed on one octant of a square grid of equal sampling and copied out (else
+    on every pixel), has the bits of exp(i·c·|k|²) computed on every pixel in float64 and rounded to complex64."""
+    from hrtem_dataset.labels import defocus_propagator
+
+    kx = torch.fft.fftfreq(shape[0], d=sampling[0], dtype=torch.float64)
+    ky = torch.fft.fftfreq(shape[1], d=sampling[1], dtype=torch.float64)
+    k2 = kx[:, None] ** 2 + ky[None, :] ** 2
+    for defocus in (-123.4, 0.7, 250.0):
+        c = math.pi * 0.019687 * defocus
+        want = torch.polar(torch.ones_like(k2), c * k2).to(torch.complex64)
+        got = defocus_propagator(shape, sampling, c)
+        assert got.shape == shape and torch.equal(torch.view_as_real(got).view(torch.int32),
+                                                  torch.view_as_real(want).view(torch.int32))
