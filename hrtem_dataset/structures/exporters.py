@@ -126,9 +126,20 @@ def _fixed_8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     negative = np.signbit(x)
     if not np.all(integer < np.where(negative, 10**6, 10**7)):
         return None
-    # "%08d" of the integer part (< 10⁷) one byte to the left, then the point: sign and digits in bytes 0–6
+    return _coordinate_head(integer, negative), _eight_digits(q - integer * 10**8)
+
+
+def _coordinate_head(integer: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """The first 8 characters of ``"%16.8f"`` (sign, digits, point) for the integer parts 0 ≤ v < 10⁷: ``"%08d"`` one
+    byte to the left, then the point, the leading zeros as spaces and the "-". Shared by the writer and the parser,
+    which accepts a line only when the values it parsed give the text back."""
     head = (_eight_digits(integer) >> np.uint64(8)) | (np.uint64(0x2E) << np.uint64(56))
-    return _right_aligned(head, integer, 6, negative), _eight_digits(q - integer * 10**8)
+    return _right_aligned(head, integer, 6, negative)
+
+
+def _id_text(magnitude: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """``"%8d"`` of particle ids of magnitude < 10⁷ (writer and parser, as :func:`_coordinate_head`)."""
+    return _right_aligned(_eight_digits(magnitude), magnitude, 7, negative)
 
 
 def _atom_lines(numbers: np.ndarray, positions: np.ndarray, pid: np.ndarray) -> str | None:
@@ -153,7 +164,7 @@ def _atom_lines(numbers: np.ndarray, positions: np.ndarray, pid: np.ndarray) -> 
             return None
         lines[name], lines[name + "8"] = text
     magnitude = np.abs(ids)
-    lines["id"] = _right_aligned(_eight_digits(magnitude), magnitude, 7, ids < 0)
+    lines["id"] = _id_text(magnitude, ids < 0)
     lines["newline"] = 10
     return buffer.tobytes().decode("ascii")
 
@@ -211,7 +222,6 @@ def _parse_atom_lines(body: str, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
     numbers = known[index.reshape(-1)]
     expected["symbol"] = _SYMBOLS[numbers]
     positions = np.empty((n, 3))
-    point = np.uint64(0x2E) << np.uint64(56)
     for c, name in enumerate("xyz"):
         head, negative = _digit_bytes(lines[name])
         integer = _eight_digit_value(head << np.uint64(8))  # the digits before the point, the point dropped
@@ -220,11 +230,11 @@ def _parse_atom_lines(body: str, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
             return None
         value = (integer.astype(np.float64) * 1e8 + _eight_digit_value(decimals & _NIBBLES).astype(np.float64)) / 1e8
         positions[:, c] = np.where(negative, -value, value)
-        expected[name] = _right_aligned((_eight_digits(integer) >> np.uint64(8)) | point, integer, 6, negative)
+        expected[name] = _coordinate_head(integer, negative)
         expected[name + "8"] = decimals
     digits, negative = _digit_bytes(lines["id"])
     magnitude = _eight_digit_value(digits)
-    expected["id"] = _right_aligned(_eight_digits(magnitude), magnitude, 7, negative)
+    expected["id"] = _id_text(magnitude, negative)
     expected["newline"] = 10
     if expected.tobytes() != raw:
         return None
