@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..device import single_threaded_torch, torch_threads
 from ..specs import DatasetSpec
 
 
@@ -153,3 +154,11 @@ def in_order_threads(fn, items: list, workers: int, name: str, initializer=None)
             yield results
         finally:
             results.close()
+
+
+@contextlib.contextmanager
+def in_order_torch_streams(fn, items: list, workers: int, name: str) -> Iterator:
+    """:func:`in_order_threads` whose threads each run a single-threaded torch stream: torch's intra-op threads set to
+    1 for the block and in every pool thread (both are needed: see :func:`..device.single_threaded_torch`)."""
+    with torch_threads(1), in_order_threads(fn, items, workers, name, single_threaded_torch) as results:
+        yield results

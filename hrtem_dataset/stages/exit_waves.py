@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from .. import previews
-from ..device import single_threaded_torch, torch_threads
 from ..errors import InputError
 from ..io import atomic_path, read_npz
 from ..labels import vacuum_region
@@ -43,7 +42,7 @@ from ..workspace import (
     simulation_settings,
     waves_path,
 )
-from .base import CheckSpec, RunContext, Stage, StageResult, in_order_threads, outcome, rate
+from .base import CheckSpec, RunContext, Stage, StageResult, in_order_torch_streams, outcome, rate
 from .structures import read_structure
 
 SCENE_INTENSITY_TOL = 0.05    # mean |ψ|² of scene waves: flux lost outside the antialias aperture only
@@ -81,9 +80,8 @@ def simulate_shard(spec: DatasetSpec, shard: int, root=None, engine: str | None 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrtem-waves-io") as io, \
             contextlib.ExitStack() as stack:
         if workers > 1:  # structures simulated side by side, results taken (and written) in order
-            stack.enter_context(torch_threads(1))
-            results = stack.enter_context(in_order_threads(lambda i: _simulate_one(spec, sim, i, root), todo,
-                                                           workers, "hrtem-waves", single_threaded_torch))
+            results = stack.enter_context(in_order_torch_streams(lambda i: _simulate_one(spec, sim, i, root), todo,
+                                                                 workers, "hrtem-waves"))
         else:  # one at a time, the I/O thread reading the next structure meanwhile
             results = _sequential(io, spec, sim, todo, root)
             stack.callback(results.close)  # on an error below: no further structure is read

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import previews
-from ..device import background_thread, single_threaded_torch, torch_threads
+from ..device import background_thread
 from ..errors import InputError
 from ..imaging import calibrate_zero_defocus, render_image, sample_imaging_conditions
 from ..imaging._common import phonon_stack
@@ -49,7 +49,7 @@ from ..workspace import (
     structure_id,
     waves_path,
 )
-from .base import CheckSpec, RunContext, Stage, StageResult, in_order_threads, outcome, rate
+from .base import CheckSpec, RunContext, Stage, StageResult, in_order_torch_streams, outcome, rate
 from .exit_waves import load_waves
 from .structures import read_structure
 
@@ -151,7 +151,7 @@ def _in_threads(fn, items: list, workers: int):
     if workers <= 1 or len(items) <= 1:
         yield (fn(x) for x in items)
         return
-    with torch_threads(1), in_order_threads(fn, items, workers, "hrtem-images", single_threaded_torch) as results:
+    with in_order_torch_streams(fn, items, workers, "hrtem-images") as results:
         yield results
 
 
