@@ -89,7 +89,6 @@ def phase_field(
     if spectrum is not None and (spectrum.numel() != nx * ny or spectrum.device != w.device):
         raise InputError(f"spectrum: expected the particle wave's fft2 of shape {(nx, ny)} on the CPU, got "
                          f"{tuple(spectrum.shape)} on {spectrum.device}")
-    kx = torch.fft.fftfreq(nx, d=s[0], dtype=torch.float64)
     if defocus:
         prop = defocus_propagator((nx, ny), s, math.pi * electron_wavelength(energy) * float(defocus))
         w = torch.fft.ifft2((torch.fft.fft2(w) if spectrum is None else spectrum.reshape(nx, ny)) * prop)
@@ -98,6 +97,7 @@ def phase_field(
         phase = phase.abs()
     spec = torch.fft.rfft2(phase.to(torch.float64))
     if blur > 0:
+        kx = torch.fft.fftfreq(nx, d=s[0], dtype=torch.float64)
         kyr = torch.fft.rfftfreq(ny, d=s[1], dtype=torch.float64)
         spec = spec * torch.exp(-2 * math.pi**2 * blur**2 * (kx[:, None] ** 2 + kyr[None, :] ** 2))
     shape = (nx, ny) if pixel_size is None else resampled_shape((nx, ny), s, pixel_size)
@@ -128,6 +128,7 @@ def _k2(shape: tuple[int, int], sampling: tuple[float, float]) -> torch.Tensor:
     kx = torch.fft.fftfreq(shape[0], d=sampling[0], dtype=torch.float64)
     ky = torch.fft.fftfreq(shape[1], d=sampling[1], dtype=torch.float64)
     return kx[:, None] ** 2 + ky[None, :] ** 2
+
 
 def phase_mask(
     particle_waves, sampling: float | Sequence[float] = 0.1, *, threshold: float = math.pi / 16, **field

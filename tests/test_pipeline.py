@@ -238,7 +238,6 @@ def test_vacuum_region_is_periodic():
     assert not vac[70, 50]  # 5.8 Å away
 
 
-
 def _vacuum_by_distance_transform(atoms, shape, sampling, margin):
     """The vacuum map as a Euclidean distance transform of the wrap-padded empty pixels gives it (the reference)."""
     from scipy import ndimage
@@ -276,6 +275,7 @@ def test_vacuum_region_equals_the_distance_transform():
         got = pl.vacuum_region(atoms, shape, sampling, margin=margin)
         assert np.array_equal(got, _vacuum_by_distance_transform(atoms, shape, sampling, margin)), (shape, sampling,
                                                                                                       margin)
+
 
 def test_failed_first_attempt_does_not_lock_the_stage(tmp_path):
     """A stage folder that holds only its fingerprint (the first attempt failed before writing anything)
